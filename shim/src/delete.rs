@@ -1,0 +1,63 @@
+//! The `delete` action: clean up after a shim that died, from the bundle alone. Every missing file
+//! is tolerated; warnings go to stderr (containerd logs them), the DeleteResponse to stdout.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use containerd_shim_protos::api::DeleteResponse;
+use containerd_shim_protos::protobuf::{Message, MessageField};
+use gpu_core::ShimConfig;
+
+use crate::publisher::now;
+use crate::settings::Settings;
+
+/// Runs `delete` in `bundle`; returns the encoded DeleteResponse.
+pub fn run(bundle: &Path, namespace: &str, id: &str) -> Vec<u8> {
+    let settings = Settings::load(bundle).unwrap_or_else(|| {
+        eprintln!(
+            "warning: {} missing; using default runc settings",
+            crate::settings::SETTINGS_FILE
+        );
+        let cfg = crate::settings::load_config(&nvidia_shim_proto::ShimOptions::None)
+            .map(|(c, _)| c)
+            .unwrap_or_else(|_| ShimConfig::default());
+        Settings::resolve(
+            &cfg,
+            String::new(),
+            &nvidia_shim_proto::ShimOptions::None,
+            namespace,
+            None,
+        )
+    });
+    let mut cmd = Command::new(&settings.runc_binary);
+    cmd.arg("--root").arg(&settings.runc_root);
+    if settings.systemd_cgroup {
+        cmd.arg("--systemd-cgroup");
+    }
+    cmd.args(["delete", "--force", id])
+        .stdin(Stdio::null())
+        .env_remove("NOTIFY_SOCKET");
+    match cmd.output() {
+        Ok(o) if !o.status.success() => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            if !err.contains("does not exist") {
+                eprintln!("warning: runc delete --force {id}: {}", err.trim());
+            }
+        }
+        Err(e) => eprintln!("warning: running {}: {e}", settings.runc_binary),
+        Ok(_) => {}
+    }
+    let rootfs = bundle.join("rootfs");
+    if let Err(e) = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH) {
+        eprintln!("warning: unmounting {}: {e}", rootfs.display());
+    }
+    let pid = std::fs::read_to_string(bundle.join("init.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    let mut resp = DeleteResponse::new();
+    resp.pid = pid;
+    resp.exit_status = 137;
+    resp.exited_at = MessageField::some(now());
+    resp.write_to_bytes().unwrap_or_default()
+}

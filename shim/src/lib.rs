@@ -1,0 +1,15 @@
+//! containerd-shim-nvidia-v2: a containerd shim v2 over runc that injects NVIDIA GPUs as OCI spec
+//! edits (through `gpu-core`) before `runc create`. The binary is a thin adapter: `start` and
+//! `delete` are one-shot actions, serve mode runs the ttrpc task service.
+
+pub mod cgroup;
+pub mod delete;
+pub mod errors;
+pub mod io;
+pub mod logging;
+pub mod publisher;
+pub mod reaper;
+pub mod runc;
+pub mod service;
+pub mod settings;
+pub mod start;

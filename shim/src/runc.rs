@@ -1,0 +1,289 @@
+//! A small runc client. Every call goes through the reaper, reads runc's output concurrently (a runc
+//! writing more than a pipe's worth must not block), and turns a failure into the message of the
+//! last `"level":"error"` line runc wrote to its JSON log during that call.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use tokio::io::AsyncReadExt;
+
+use crate::reaper;
+
+/// How to call runc for one container.
+#[derive(Clone, Debug)]
+pub struct Runc {
+    /// Binary name or path.
+    pub binary: String,
+    /// State root, namespace included.
+    pub root: PathBuf,
+    /// `--systemd-cgroup`.
+    pub systemd_cgroup: bool,
+    /// JSON log file (`<bundle>/log.json`).
+    pub log: PathBuf,
+}
+
+/// A runc failure with runc's own words.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RuncError(pub String);
+
+/// The stdio runc (and through it the container process) gets.
+#[derive(Default)]
+pub struct RuncIo {
+    /// stdin; `None` is /dev/null.
+    pub stdin: Option<OwnedFd>,
+    /// stdout; `None` is /dev/null.
+    pub stdout: Option<OwnedFd>,
+    /// stderr; `None` is /dev/null.
+    pub stderr: Option<OwnedFd>,
+}
+
+/// Options of `runc create` and `runc exec`.
+pub struct CreateOpts<'a> {
+    /// `--pid-file`.
+    pub pid_file: &'a Path,
+    /// `--console-socket`.
+    pub console_socket: Option<&'a Path>,
+    /// `--no-pivot`.
+    pub no_pivot: bool,
+    /// `--no-new-keyring`.
+    pub no_new_keyring: bool,
+}
+
+fn to_stdio(fd: Option<OwnedFd>) -> Stdio {
+    fd.map(Stdio::from).unwrap_or_else(Stdio::null)
+}
+
+impl Runc {
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--root")
+            .arg(&self.root)
+            .arg("--log")
+            .arg(&self.log)
+            .arg("--log-format")
+            .arg("json");
+        if self.systemd_cgroup {
+            cmd.arg("--systemd-cgroup");
+        }
+        // runc must not talk to systemd's notify socket of whoever started containerd.
+        cmd.env_remove("NOTIFY_SOCKET");
+        cmd
+    }
+
+    fn log_len(&self) -> u64 {
+        std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// The message of the last error line written to the log after `from`.
+    fn last_error(&self, from: u64) -> Option<String> {
+        let mut f = File::open(&self.log).ok()?;
+        f.seek(SeekFrom::Start(from)).ok()?;
+        let mut text = String::new();
+        f.read_to_string(&mut text).ok()?;
+        text.lines().rev().find_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            if v.get("level")?.as_str()? == "error" {
+                Some(v.get("msg")?.as_str()?.to_string())
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Runs runc with `args`; returns stdout. `io` replaces the default null/piped stdio; `input`
+    /// is written to stdin.
+    async fn run(
+        &self,
+        args: &[&str],
+        io: Option<RuncIo>,
+        input: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, RuncError> {
+        let from = self.log_len();
+        let mut cmd = self.command();
+        cmd.args(args);
+        let capture = io.is_none();
+        let (out_r, err_r) = match io {
+            Some(io) => {
+                cmd.stdin(to_stdio(io.stdin))
+                    .stdout(to_stdio(io.stdout))
+                    .stderr(to_stdio(io.stderr));
+                (None, None)
+            }
+            None => {
+                let (or, ow) = pipe()?;
+                let (er, ew) = pipe()?;
+                cmd.stdout(Stdio::from(ow)).stderr(Stdio::from(ew));
+                (Some(or), Some(er))
+            }
+        };
+        let stdin_w = if input.is_some() {
+            let (r, w) = pipe()?;
+            cmd.stdin(Stdio::from(r));
+            Some(w)
+        } else {
+            if capture {
+                cmd.stdin(Stdio::null());
+            }
+            None
+        };
+        let (child, exit) = reaper::spawn(&mut cmd)
+            .map_err(|e| RuncError(format!("running {}: {e}", self.binary)))?;
+        drop(cmd);
+        if let (Some(w), Some(data)) = (stdin_w, input) {
+            let mut w = tokio::net::unix::pipe::Sender::from_owned_fd(w)
+                .map_err(|e| RuncError(format!("runc stdin: {e}")))?;
+            use tokio::io::AsyncWriteExt;
+            let _ = w.write_all(&data).await;
+        }
+        let (stdout, stderr) = tokio::join!(read_all(out_r), read_all(err_r));
+        let code = reaper::wait(exit).await;
+        drop(child);
+        if code != 0 {
+            let msg = self
+                .last_error(from)
+                .or_else(|| {
+                    Some(String::from_utf8_lossy(&stderr).trim().to_string())
+                        .filter(|s| !s.is_empty())
+                })
+                .unwrap_or_else(|| format!("exit status {code}"));
+            return Err(RuncError(format!(
+                "runc {}: {msg}",
+                args.first().copied().unwrap_or("")
+            )));
+        }
+        Ok(stdout)
+    }
+
+    /// `runc create`.
+    pub async fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        opts: CreateOpts<'_>,
+        io: RuncIo,
+    ) -> Result<(), RuncError> {
+        let bundle = bundle.to_string_lossy();
+        let pid_file = opts.pid_file.to_string_lossy();
+        let mut args = vec!["create", "--bundle", &bundle, "--pid-file", &pid_file];
+        let console;
+        if let Some(s) = opts.console_socket {
+            console = s.to_string_lossy();
+            args.extend(["--console-socket", &console]);
+        }
+        if opts.no_pivot {
+            args.push("--no-pivot");
+        }
+        if opts.no_new_keyring {
+            args.push("--no-new-keyring");
+        }
+        args.push(id);
+        self.run(&args, Some(io), None).await.map(drop)
+    }
+
+    /// `runc exec --detach`.
+    pub async fn exec(
+        &self,
+        id: &str,
+        process: &Path,
+        opts: CreateOpts<'_>,
+        io: RuncIo,
+    ) -> Result<(), RuncError> {
+        let process = process.to_string_lossy();
+        let pid_file = opts.pid_file.to_string_lossy();
+        let mut args = vec![
+            "exec",
+            "--detach",
+            "--process",
+            &process,
+            "--pid-file",
+            &pid_file,
+        ];
+        let console;
+        if let Some(s) = opts.console_socket {
+            console = s.to_string_lossy();
+            args.extend(["--console-socket", &console]);
+        }
+        args.push(id);
+        self.run(&args, Some(io), None).await.map(drop)
+    }
+
+    /// `runc start`.
+    pub async fn start(&self, id: &str) -> Result<(), RuncError> {
+        self.run(&["start", id], None, None).await.map(drop)
+    }
+
+    /// `runc kill [--all]`.
+    pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), RuncError> {
+        let sig = signal.to_string();
+        let mut args = vec!["kill"];
+        if all {
+            args.push("--all");
+        }
+        args.extend([id, &sig]);
+        self.run(&args, None, None).await.map(drop)
+    }
+
+    /// `runc delete [--force]`.
+    pub async fn delete(&self, id: &str, force: bool) -> Result<(), RuncError> {
+        let mut args = vec!["delete"];
+        if force {
+            args.push("--force");
+        }
+        args.push(id);
+        self.run(&args, None, None).await.map(drop)
+    }
+
+    /// `runc pause`.
+    pub async fn pause(&self, id: &str) -> Result<(), RuncError> {
+        self.run(&["pause", id], None, None).await.map(drop)
+    }
+
+    /// `runc resume`.
+    pub async fn resume(&self, id: &str) -> Result<(), RuncError> {
+        self.run(&["resume", id], None, None).await.map(drop)
+    }
+
+    /// `runc update --resources -` with JSON `LinuxResources`.
+    pub async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<(), RuncError> {
+        self.run(
+            &["update", "--resources", "-", id],
+            None,
+            Some(resources_json),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `runc ps --format json`; runc prints `null` for an empty list.
+    pub async fn ps(&self, id: &str) -> Result<Vec<u32>, RuncError> {
+        let out = self
+            .run(&["ps", "--format", "json", id], None, None)
+            .await?;
+        let pids: Option<Vec<u32>> =
+            serde_json::from_slice(&out).map_err(|e| RuncError(format!("runc ps output: {e}")))?;
+        Ok(pids.unwrap_or_default())
+    }
+
+    /// `runc features` (JSON), for `-info`.
+    pub async fn features(&self) -> Result<Vec<u8>, RuncError> {
+        self.run(&["features"], None, None).await
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), RuncError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| RuncError(format!("pipe: {e}")))
+}
+
+async fn read_all(fd: Option<OwnedFd>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Some(fd) = fd {
+        if let Ok(mut r) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+            let _ = r.read_to_end(&mut buf).await;
+        }
+    }
+    buf
+}
