@@ -1,1 +1,488 @@
-//! Helpers for the end-to-end tests.
+//! End-to-end harness: a private containerd (own root, state and sockets in a temp dir, CRI off)
+//! with this workspace's shim first on its PATH, driven through `ctr`.
+//!
+//! Every [`Containerd`] checks on drop-free demand ([`Containerd::assert_clean`]) that no shim
+//! process, shim socket, runc state or mount of its own is left behind.
+
+pub mod image;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// The runtime name containerd resolves to our binary.
+pub const RUNTIME: &str = "io.containerd.nvidia.v2";
+/// The shim binary's file name.
+pub const SHIM_BIN: &str = "containerd-shim-nvidia-v2";
+/// Reference under which the test image is imported.
+pub const IMAGE: &str = "docker.io/library/busybox:nvidia-shim-test";
+
+/// Directory holding the built shim binaries (`NVIDIA_SHIM_BIN_DIR`, else `target/debug`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("NVIDIA_SHIM_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug")
+}
+
+/// A private containerd daemon.
+pub struct Containerd {
+    dir: tempfile::TempDir,
+    /// Namespace the tests use; unique per daemon so runc state never collides.
+    pub namespace: String,
+    child: Option<Child>,
+    ids: Vec<String>,
+    extra_path: Vec<PathBuf>,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl Containerd {
+    /// Starts containerd with our shim on its PATH and the busybox test image imported.
+    pub fn start() -> Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Containerd::start`], with more directories ahead of the shim's on PATH.
+    pub fn start_with(extra_path: &[PathBuf]) -> Result<Self> {
+        let shim = bin_dir().join(SHIM_BIN);
+        if !shim.exists() {
+            bail!("{} is missing: run `cargo build --workspace` first", shim.display());
+        }
+        // Short path: containerd's socket path must fit in sun_path.
+        let dir = tempfile::Builder::new().prefix("nvs-").tempdir_in("/tmp")?;
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let namespace = format!("it{}-{n}", std::process::id());
+        let config = format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+"#,
+            d = dir.path().display()
+        );
+        fs::write(dir.path().join("config.toml"), config)?;
+        let mut me = Self {
+            dir,
+            namespace,
+            child: None,
+            ids: Vec::new(),
+            extra_path: extra_path.to_vec(),
+        };
+        me.launch()?;
+        image::import(&me)?;
+        Ok(me)
+    }
+
+    /// The daemon's temp dir.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// containerd's gRPC address.
+    pub fn address(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let mut path: Vec<PathBuf> = self.extra_path.clone();
+        path.push(bin_dir());
+        path.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("containerd.log"))?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(self.dir.path().join("config.toml"))
+            .env("PATH", std::env::join_paths(path)?)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting containerd (is it installed?)")?;
+        self.child = Some(child);
+        wait_until(Duration::from_secs(30), "containerd to answer", || {
+            Ok(self.ctr(&["version"])?.status.success())
+        })
+        .map_err(|e| e.context(self.log_tail()))
+    }
+
+    /// Stops containerd (SIGTERM, then waits); running shims and containers stay.
+    pub fn stop_daemon(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts containerd again on the same root and state.
+    pub fn restart_daemon(&mut self) -> Result<()> {
+        self.stop_daemon()?;
+        self.launch()
+    }
+
+    /// The end of containerd's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(40);
+        format!("containerd log:\n{}", lines[from..].join("\n"))
+    }
+
+    fn ctr_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("timeout");
+        c.arg("120")
+            .arg("ctr")
+            .arg("--address")
+            .arg(self.address())
+            .arg("--namespace")
+            .arg(&self.namespace)
+            .args(args);
+        c
+    }
+
+    /// Runs `ctr` with these arguments.
+    pub fn ctr(&self, args: &[&str]) -> Result<Output> {
+        Ok(self.ctr_cmd(args).stdin(Stdio::null()).output()?)
+    }
+
+    /// Runs `ctr`, feeding `input` on stdin.
+    pub fn ctr_stdin(&self, args: &[&str], input: &[u8]) -> Result<Output> {
+        use std::io::Write;
+        let mut child = self
+            .ctr_cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        stdin.write_all(input)?;
+        drop(stdin);
+        Ok(child.wait_with_output()?)
+    }
+
+    /// Runs `ctr` under a pseudo-terminal (through `script`), for `-t`.
+    pub fn ctr_tty(&self, args: &[&str]) -> Result<Output> {
+        let mut line = format!(
+            "ctr --address {} --namespace {}",
+            self.address().display(),
+            self.namespace
+        );
+        for a in args {
+            line.push(' ');
+            line.push_str(&shell_quote(a));
+        }
+        Ok(Command::new("timeout")
+            .args(["120", "script", "-qec", &line, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()?)
+    }
+
+    /// Runs `ctr` and fails unless it exits 0; returns stdout.
+    pub fn ctr_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.ctr(args)?;
+        if !out.status.success() {
+            bail!(
+                "ctr {:?} failed ({}): {}{}\n{}",
+                args,
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.log_tail()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Remembers a container id so [`Containerd::assert_clean`] checks its socket.
+    pub fn track(&mut self, id: &str) -> String {
+        self.ids.push(id.to_string());
+        id.to_string()
+    }
+
+    /// `ctr run` with our runtime: `opts` go before the image, `cmd` after the id.
+    pub fn run(&mut self, opts: &[&str], id: &str, cmd: &[&str]) -> Result<Output> {
+        self.track(id);
+        let mut args = vec!["run", "--runtime", RUNTIME];
+        args.extend_from_slice(opts);
+        args.push(IMAGE);
+        args.push(id);
+        args.extend_from_slice(cmd);
+        self.ctr(&args)
+    }
+
+    /// Starts `ctr run` with our runtime in the background (stdout and stderr captured).
+    pub fn spawn_run(&mut self, opts: &[&str], id: &str, cmd: &[&str]) -> Result<Child> {
+        self.track(id);
+        let mut args = vec!["run", "--runtime", RUNTIME];
+        args.extend_from_slice(opts);
+        args.push(IMAGE);
+        args.push(id);
+        args.extend_from_slice(cmd);
+        Ok(self
+            .ctr_cmd(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?)
+    }
+
+    /// The bundle directory containerd made for container `id`.
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&self.namespace)
+            .join(id)
+    }
+
+    /// Calls the shim's Update RPC directly over ttrpc, as containerd does (ctr 1.6 cannot).
+    pub fn shim_update(&self, id: &str, resources_json: &[u8]) -> Result<()> {
+        use containerd_shim_protos::{api, protobuf::well_known_types::any::Any, TaskClient};
+        let address = fs::read_to_string(self.bundle(id).join("address"))?;
+        let client = containerd_shim_protos::Client::connect(address.trim())?;
+        let task = TaskClient::new(client);
+        let mut req = api::UpdateTaskRequest::new();
+        req.id = id.to_string();
+        let mut any = Any::new();
+        any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
+        any.value = resources_json.to_vec();
+        req.resources = Some(any).into();
+        let mut ctx = ttrpc::context::with_timeout(20_000_000_000);
+        ctx.add("containerd-namespace".into(), self.namespace.clone());
+        task.update(ctx, &req)?;
+        Ok(())
+    }
+
+    /// Starts `ctr events` and returns a receiver of its lines.
+    pub fn events(&self) -> Result<Events> {
+        let mut child = self
+            .ctr_cmd(&["events"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let out = child.stdout.take().context("events stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Events { child, rx })
+    }
+
+    /// Pids of our shim processes serving this daemon.
+    pub fn shim_pids(&self) -> Vec<i32> {
+        let address = self.address().display().to_string();
+        processes_matching(|argv| {
+            argv.first()
+                .is_some_and(|a| a.ends_with(SHIM_BIN))
+                && argv.iter().any(|a| a == &address)
+        })
+    }
+
+    /// Asserts nothing of ours is left: no shim process, socket, runc state or mount.
+    pub fn assert_clean(&self) -> Result<()> {
+        for pid in self.shim_pids() {
+            wait_pid_gone(pid, Duration::from_secs(20))
+                .with_context(|| format!("shim process {pid} is still running"))?;
+        }
+        let address = self.address().display().to_string();
+        for id in &self.ids {
+            let sock = containerd_shim::socket_address(&address, &self.namespace, id);
+            let path = sock.trim_start_matches("unix://");
+            if Path::new(path).exists() {
+                bail!("shim socket {path} (container {id}) is left");
+            }
+        }
+        let runc_state = Path::new("/run/containerd/runc").join(&self.namespace);
+        if let Ok(rd) = fs::read_dir(&runc_state) {
+            let left: Vec<String> = rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            if !left.is_empty() {
+                bail!("runc state left in {}: {left:?}", runc_state.display());
+            }
+        }
+        let mounts = fs::read_to_string("/proc/self/mountinfo")?;
+        let state = self.dir.path().join("state").display().to_string();
+        let ours: Vec<&str> = mounts.lines().filter(|l| l.contains(&state)).collect();
+        if !ours.is_empty() {
+            bail!("mounts left: {ours:?}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Best effort: tear down whatever a failed test left so later tests start clean.
+        if self.child.is_some() {
+            if let Ok(out) = self.ctr(&["task", "ls", "-q"]) {
+                for id in String::from_utf8_lossy(&out.stdout).lines() {
+                    let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+                    let _ = self.ctr(&["task", "delete", "-f", id]);
+                }
+            }
+            if let Ok(out) = self.ctr(&["containers", "ls", "-q"]) {
+                for id in String::from_utf8_lossy(&out.stdout).lines() {
+                    let _ = self.ctr(&["containers", "rm", id]);
+                }
+            }
+        }
+        for pid in self.shim_pids() {
+            // SAFETY: killing a leftover shim of this test.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = self.stop_daemon();
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg("-l")
+            .arg(self.dir.path().join("state"))
+            .output();
+        let root = self.dir.path().join("root");
+        if let Ok(m) = fs::read_to_string("/proc/self/mountinfo") {
+            for line in m.lines() {
+                if let Some(mp) = line.split(' ').nth(4) {
+                    if mp.starts_with(root.to_str().unwrap_or("/nonexistent")) {
+                        let _ = Command::new("umount").args(["-l", mp]).output();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A running `ctr events` stream.
+pub struct Events {
+    child: Child,
+    rx: mpsc::Receiver<String>,
+}
+
+impl Events {
+    /// Waits for a line containing every needle; returns it.
+    pub fn wait_for(&self, needles: &[&str], limit: Duration) -> Result<String> {
+        let deadline = Instant::now() + limit;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    if needles.iter().all(|n| line.contains(n)) {
+                        return Ok(line);
+                    }
+                    seen.push(line);
+                }
+                Err(_) => bail!("no event with {needles:?}; saw {seen:#?}"),
+            }
+        }
+    }
+
+    /// Every line received so far without waiting.
+    pub fn drain(&self) -> Vec<String> {
+        self.rx.try_iter().collect()
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` until it holds, for conditions that offer no event to wait on.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits for a process to exit, through a pidfd (an event, not polling).
+pub fn wait_pid_gone(pid: i32, limit: Duration) -> Result<()> {
+    // SAFETY: plain syscall; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Ok(()); // already gone
+    }
+    // SAFETY: pidfd_open returned a new descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, limit.as_millis() as i32) };
+    if n == 1 {
+        Ok(())
+    } else {
+        bail!("process {pid} did not exit within {limit:?}")
+    }
+}
+
+/// Pids of processes whose argv satisfies `pred`.
+pub fn processes_matching(pred: impl Fn(&[String]) -> bool) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.filter_map(|e| e.ok()) {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(raw) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let argv: Vec<String> = raw
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect();
+        if pred(&argv) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// stdout of an output as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// stderr of an output as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

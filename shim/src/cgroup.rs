@@ -357,6 +357,7 @@ impl OomWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use containerd_shim_protos::protobuf::Message;
 
     #[test]
     fn parses_proc_cgroup() {

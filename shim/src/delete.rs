@@ -51,6 +51,7 @@ pub fn run(bundle: &Path, namespace: &str, id: &str) -> Vec<u8> {
     if let Err(e) = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH) {
         eprintln!("warning: unmounting {}: {e}", rootfs.display());
     }
+    remove_dead_socket(bundle);
     let pid = std::fs::read_to_string(bundle.join("init.pid"))
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
@@ -60,4 +61,24 @@ pub fn run(bundle: &Path, namespace: &str, id: &str) -> Vec<u8> {
     resp.exit_status = 137;
     resp.exited_at = MessageField::some(now());
     resp.write_to_bytes().unwrap_or_default()
+}
+
+/// Removes the shim socket named in the bundle's `address` file when nothing listens on it any
+/// more. A live shim of the same pod still answers, so its socket is kept.
+fn remove_dead_socket(bundle: &Path) {
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let path = address.trim().trim_start_matches("unix://");
+    if path.is_empty() {
+        return;
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            if let Err(e) = std::fs::remove_file(path) {
+                eprintln!("warning: removing dead shim socket {path}: {e}");
+            }
+        }
+        _ => {}
+    }
 }
