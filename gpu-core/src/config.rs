@@ -296,6 +296,17 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_config_parses_and_spells_out_the_defaults() {
+        let text = include_str!("../../deploy/nvidia-shim.toml");
+        let cfg = ShimConfig::parse(text, "deploy/nvidia-shim.toml").unwrap();
+        let d = ShimConfig::default();
+        assert_eq!(cfg.gpu.accept_volume_mounts, d.gpu.accept_volume_mounts);
+        assert_eq!(cfg.gpu.cdi_spec_dirs, d.gpu.cdi_spec_dirs);
+        assert_eq!(cfg.runc.root, d.runc.root);
+        assert_eq!(cfg.driver.root, d.driver.root);
+    }
+
+    #[test]
     fn lookup_order() {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.toml");

@@ -54,7 +54,10 @@ impl Containerd {
     pub fn start_with(extra_path: &[PathBuf]) -> Result<Self> {
         let shim = bin_dir().join(SHIM_BIN);
         if !shim.exists() {
-            bail!("{} is missing: run `cargo build --workspace` first", shim.display());
+            bail!(
+                "{} is missing: run `cargo build --workspace` first",
+                shim.display()
+            );
         }
         // Short path: containerd's socket path must fit in sun_path.
         let dir = tempfile::Builder::new().prefix("nvs-").tempdir_in("/tmp")?;
@@ -287,15 +290,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 }
             }
         });
-        Ok(Events { child, rx })
+        Ok(Events {
+            child,
+            rx,
+            seen: Default::default(),
+        })
     }
 
     /// Pids of our shim processes serving this daemon.
     pub fn shim_pids(&self) -> Vec<i32> {
         let address = self.address().display().to_string();
         processes_matching(|argv| {
-            argv.first()
-                .is_some_and(|a| a.ends_with(SHIM_BIN))
+            argv.first().is_some_and(|a| a.ends_with(SHIM_BIN))
                 && argv.iter().any(|a| a == &address)
         })
     }
@@ -377,30 +383,32 @@ impl Drop for Containerd {
 pub struct Events {
     child: Child,
     rx: mpsc::Receiver<String>,
+    seen: std::cell::RefCell<Vec<String>>,
 }
 
 impl Events {
     /// Waits for a line containing every needle; returns it.
     pub fn wait_for(&self, needles: &[&str], limit: Duration) -> Result<String> {
         let deadline = Instant::now() + limit;
-        let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
                 Ok(line) => {
+                    self.seen.borrow_mut().push(line.clone());
                     if needles.iter().all(|n| line.contains(n)) {
                         return Ok(line);
                     }
-                    seen.push(line);
                 }
-                Err(_) => bail!("no event with {needles:?}; saw {seen:#?}"),
+                Err(_) => bail!("no event with {needles:?}; saw {:#?}", self.seen.borrow()),
             }
         }
     }
 
-    /// Every line received so far without waiting.
-    pub fn drain(&self) -> Vec<String> {
-        self.rx.try_iter().collect()
+    /// Every line received so far, without waiting for more.
+    pub fn history(&self) -> Vec<String> {
+        let mut seen = self.seen.borrow_mut();
+        seen.extend(self.rx.try_iter());
+        seen.clone()
     }
 }
 
@@ -412,7 +420,11 @@ impl Drop for Events {
 }
 
 /// Polls `cond` until it holds, for conditions that offer no event to wait on.
-pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
+pub fn wait_until(
+    limit: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> Result<bool>,
+) -> Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         if cond()? {

@@ -16,7 +16,10 @@ fn run_rm_reports_exit_codes_and_stdout() -> Result<()> {
     let mut c = Containerd::start()?;
     let out = c.run(&["--rm"], "ok", &["sh", "-c", "echo hello from busybox"])?;
     ensure!(out.status.code() == Some(0), "exit 0 expected: {out:?}");
-    ensure!(stdout(&out).contains("hello from busybox"), "stdout: {out:?}");
+    ensure!(
+        stdout(&out).contains("hello from busybox"),
+        "stdout: {out:?}"
+    );
 
     let out = c.run(&["--rm"], "three", &["sh", "-c", "echo err >&2; exit 3"])?;
     ensure!(out.status.code() == Some(3), "exit 3 expected: {out:?}");
@@ -39,19 +42,46 @@ fn detached_container_with_exec_then_kill_and_delete() -> Result<()> {
     ensure!(out.status.success(), "run -d: {out:?}");
 
     let out = c.ctr(&[
-        "task", "exec", "--exec-id", "e1", "det", "sh", "-c", "echo out; echo err >&2; exit 5",
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "det",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 5",
     ])?;
     ensure!(out.status.code() == Some(5), "exec exit 5: {out:?}");
-    ensure!(stdout(&out).contains("out") && stderr(&out).contains("err"), "{out:?}");
+    ensure!(
+        stdout(&out).contains("out") && stderr(&out).contains("err"),
+        "{out:?}"
+    );
 
     let out = c.ctr_stdin(
-        &["task", "exec", "--exec-id", "e2", "det", "sh", "-c", "tr a-z A-Z"],
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "e2",
+            "det",
+            "sh",
+            "-c",
+            "tr a-z A-Z",
+        ],
         b"piped stdin\n",
     )?;
     ensure!(stdout(&out).contains("PIPED STDIN"), "stdin exec: {out:?}");
 
     let out = c.ctr_tty(&[
-        "task", "exec", "-t", "--exec-id", "e3", "det", "sh", "-c", "tty; stty size",
+        "task",
+        "exec",
+        "-t",
+        "--exec-id",
+        "e3",
+        "det",
+        "sh",
+        "-c",
+        "tty; stty size",
     ])?;
     let text = stdout(&out);
     ensure!(text.contains("/dev/pts/"), "tty exec saw no pty: {text:?}");
@@ -83,16 +113,25 @@ fn pause_resume_metrics_and_update() -> Result<()> {
     ensure!(ls.contains("RUNNING"), "task ls after resume: {ls}");
 
     let metrics = c.ctr_ok(&["task", "metrics", "pr"])?;
-    ensure!(metrics.contains("memory"), "metrics carry memory figures: {metrics}");
+    ensure!(
+        metrics.contains("memory"),
+        "metrics carry memory figures: {metrics}"
+    );
     ensure!(metrics.contains("pids"), "metrics carry pids: {metrics}");
 
     // ctr 1.6 has no `task update`: call the shim's Update RPC as containerd would.
     c.shim_update("pr", br#"{"memory":{"limit":67108864}}"#)?;
     // ctr places the task in cgroup /<namespace>/<id>; read the limit on the host side.
-    let v1 = format!("/sys/fs/cgroup/memory/{}/pr/memory.limit_in_bytes", c.namespace);
+    let v1 = format!(
+        "/sys/fs/cgroup/memory/{}/pr/memory.limit_in_bytes",
+        c.namespace
+    );
     let v2 = format!("/sys/fs/cgroup/{}/pr/memory.max", c.namespace);
     let limit = std::fs::read_to_string(&v1).or_else(|_| std::fs::read_to_string(&v2))?;
-    ensure!(limit.trim() == "67108864", "memory limit after update: {limit:?}");
+    ensure!(
+        limit.trim() == "67108864",
+        "memory limit after update: {limit:?}"
+    );
 
     c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "pr"])?;
     events.wait_for(&["/tasks/exit", &init_id("pr")], Duration::from_secs(20))?;
@@ -111,7 +150,10 @@ fn memory_limit_hit_publishes_task_oom() -> Result<()> {
         "oom",
         &["sh", "-c", "tail /dev/zero"],
     )?;
-    ensure!(out.status.code() == Some(137), "OOM-killed task exits 137: {out:?}");
+    ensure!(
+        out.status.code() == Some(137),
+        "OOM-killed task exits 137: {out:?}"
+    );
     events.wait_for(&["/tasks/oom"], Duration::from_secs(20))?;
     c.assert_clean()
 }
@@ -125,7 +167,11 @@ fn containers_of_one_pod_share_one_shim_which_exits_after_the_last() -> Result<(
         .status
         .success());
     ensure!(c
-        .run(&["-d", "--annotation", pod], "pod-a-app", &["sleep", "1000"])?
+        .run(
+            &["-d", "--annotation", pod],
+            "pod-a-app",
+            &["sleep", "1000"]
+        )?
         .status
         .success());
     let shims = c.shim_pids();
@@ -142,7 +188,10 @@ fn containers_of_one_pod_share_one_shim_which_exits_after_the_last() -> Result<(
         c.ctr_ok(&["task", "delete", id])?;
         c.ctr_ok(&["containers", "rm", id])?;
         if id == "pod-a-app" {
-            ensure!(c.shim_pids() == shims, "shim stays while a container remains");
+            ensure!(
+                c.shim_pids() == shims,
+                "shim stays while a container remains"
+            );
         }
     }
     wait_pid_gone(shims[0], Duration::from_secs(20))?;
@@ -152,7 +201,10 @@ fn containers_of_one_pod_share_one_shim_which_exits_after_the_last() -> Result<(
 #[test]
 fn killed_shim_is_cleaned_up_through_delete() -> Result<()> {
     let mut c = Containerd::start()?;
-    ensure!(c.run(&["-d"], "orphan", &["sleep", "1000"])?.status.success());
+    ensure!(c
+        .run(&["-d"], "orphan", &["sleep", "1000"])?
+        .status
+        .success());
     let shims = c.shim_pids();
     ensure!(shims.len() == 1, "one shim: {shims:?}");
     let events = c.events()?;
@@ -164,7 +216,10 @@ fn killed_shim_is_cleaned_up_through_delete() -> Result<()> {
         Ok(!c.ctr_ok(&["task", "ls"])?.contains("orphan"))
     })?;
     let sleeping = integration::processes_matching(|argv| argv == ["sleep", "1000"]);
-    ensure!(sleeping.is_empty(), "container process survived: {sleeping:?}");
+    ensure!(
+        sleeping.is_empty(),
+        "container process survived: {sleeping:?}"
+    );
     c.ctr_ok(&["containers", "rm", "orphan"])?;
     c.assert_clean()
 }
@@ -185,23 +240,41 @@ fn container_survives_a_containerd_restart() -> Result<()> {
     )?;
     ensure!(out.status.success(), "run: {out:?}");
     wait_until(Duration::from_secs(10), "first line", || {
-        Ok(std::fs::read_to_string(&log).unwrap_or_default().contains("before"))
+        Ok(std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("before"))
     })?;
     let shims = c.shim_pids();
 
     c.restart_daemon()?;
     let ls = c.ctr_ok(&["task", "ls"])?;
-    ensure!(ls.contains("survivor") && ls.contains("RUNNING"), "after restart: {ls}");
+    ensure!(
+        ls.contains("survivor") && ls.contains("RUNNING"),
+        "after restart: {ls}"
+    );
     ensure!(c.shim_pids() == shims, "same shim after restart");
 
-    c.ctr_ok(&["task", "exec", "--exec-id", "go", "survivor", "touch", "/tmp/go"])?;
+    c.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "go",
+        "survivor",
+        "touch",
+        "/tmp/go",
+    ])?;
     wait_until(Duration::from_secs(10), "output after restart", || {
-        Ok(std::fs::read_to_string(&log).unwrap_or_default().contains("after"))
+        Ok(std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("after"))
     })?;
 
     let events = c.events()?;
     c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "survivor"])?;
-    let exit = events.wait_for(&["/tasks/exit", &init_id("survivor")], Duration::from_secs(20))?;
+    let exit = events.wait_for(
+        &["/tasks/exit", &init_id("survivor")],
+        Duration::from_secs(20),
+    )?;
     ensure!(exit.contains("137"), "exit status after restart: {exit}");
     c.ctr_ok(&["task", "delete", "survivor"])?;
     c.ctr_ok(&["containers", "rm", "survivor"])?;
@@ -220,7 +293,11 @@ fn bad_runtime_config_fails_create_and_leaves_nothing() -> Result<()> {
         &["true"],
     )?;
     ensure!(!out.status.success(), "create must fail: {out:?}");
-    ensure!(stderr(&out).contains("frobnicate"), "error names the key: {}", stderr(&out));
+    ensure!(
+        stderr(&out).contains("frobnicate"),
+        "error names the key: {}",
+        stderr(&out)
+    );
     let _ = c.ctr(&["containers", "rm", "badcfg"]);
     c.assert_clean()
 }

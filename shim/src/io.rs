@@ -106,7 +106,7 @@ fn set_nonblocking(fd: RawFd) {
 /// exactly as long as it is registered.
 pub fn register(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: the AsyncFd owns the fd; it cannot be closed while registered.
-    Ok(unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)?)
+    unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)
 }
 
 fn async_fd(fd: OwnedFd) -> std::io::Result<Arc<AsyncFd<OwnedFd>>> {

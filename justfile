@@ -1,0 +1,33 @@
+# containerd-shim-nvidia-v2 — task runner. Every recipe installs what it needs first.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List recipes.
+default:
+    @just --list
+
+# Install containerd, runc and busybox-static from Debian if missing (idempotent; needs root).
+setup:
+    scripts/setup.sh
+
+# Build every crate (debug) and the test binaries.
+build:
+    cargo build --workspace --all-targets
+
+# Build the release binaries.
+release:
+    cargo build --release --workspace --bins
+
+# Run a container through the shim under a private containerd and show what happened.
+demo: setup build
+    cargo run -q -p integration --bin demo
+
+# The whole test suite: unit tests, then end-to-end tests under a real containerd and runc.
+test: setup build
+    cargo test --workspace --exclude integration
+    cargo test -p integration -- --test-threads=1
+
+# fmt, clippy with warnings as errors.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
