@@ -62,6 +62,8 @@ pub struct DriverConfig {
     pub proc_root: PathBuf,
     /// libnvidia-ml to load instead of the one found under `root` (tests point this at a fake).
     pub nvml_library: Option<PathBuf>,
+    /// Where discovered inventories are cached, one file per driver version and root.
+    pub cache_dir: PathBuf,
 }
 
 impl Default for DriverConfig {
@@ -71,6 +73,7 @@ impl Default for DriverConfig {
             dev_root: "/".into(),
             proc_root: "/proc".into(),
             nvml_library: None,
+            cache_dir: "/run/nvidia-shim".into(),
         }
     }
 }
@@ -192,6 +195,7 @@ impl ShimConfig {
             ("driver.root", &self.driver.root),
             ("driver.dev_root", &self.driver.dev_root),
             ("driver.proc_root", &self.driver.proc_root),
+            ("driver.cache_dir", &self.driver.cache_dir),
         ] {
             if !p.is_absolute() {
                 return bad(format!("{key} {:?} must be an absolute path", p.display()));

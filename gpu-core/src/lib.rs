@@ -7,13 +7,27 @@
 //! - **apply** turns the edits into OCI spec changes (device nodes, cgroup rules, mounts, env) and
 //!   writes the container's loader cache strictly inside its root.
 
+pub mod apply;
+pub mod cdi;
 pub mod config;
+pub mod discover;
+pub mod elf;
+pub mod inroot;
+pub mod inventory;
+pub mod ldcache;
+pub mod plan;
+pub mod request;
+pub mod require;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use oci_spec::runtime::Spec;
 
 pub use config::ShimConfig;
+use discover::Discovery;
+pub use inventory::Inventory;
+pub use plan::Plan;
 
 /// Annotation CRI puts on every container it creates: `sandbox` or `container`.
 pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
@@ -36,15 +50,22 @@ pub struct Injected {
     pub summary: String,
 }
 
-/// The shim's handle on gpu-core: configuration plus the discovery cache.
+/// The shim's handle on gpu-core: configuration plus the discovery seam.
 pub struct Injector {
     config: ShimConfig,
+    discovery: Arc<dyn Discovery>,
 }
 
 impl Injector {
-    /// Creates an injector; nothing is read from the host until a container asks for a GPU.
+    /// An injector over the real host; nothing is read until a container asks for a GPU.
     pub fn new(config: ShimConfig) -> Self {
-        Self { config }
+        let discovery = Arc::new(discover::Host::new(config.driver.clone()));
+        Self { config, discovery }
+    }
+
+    /// An injector over another discovery (tests use [`discover::Fixed`]).
+    pub fn with_discovery(config: ShimConfig, discovery: Arc<dyn Discovery>) -> Self {
+        Self { config, discovery }
     }
 
     /// The configuration in force.
@@ -52,10 +73,45 @@ impl Injector {
         &self.config
     }
 
-    /// Edits `spec` for the GPU request it carries; `rootfs` is the container's mounted root.
+    /// The plan for `spec` against the image layout given, without touching a rootfs.
+    /// `Ok(None)` when the container asked for nothing.
+    pub fn plan(&self, spec: &Spec, layout: &plan::ImageLayout) -> Result<Option<Plan>, GpuError> {
+        let Some(req) = request::parse(spec, &self.config.gpu)? else {
+            return Ok(None);
+        };
+        self.plan_request(&req, layout).map(Some)
+    }
+
+    fn plan_request(
+        &self,
+        req: &request::Request,
+        layout: &plan::ImageLayout,
+    ) -> Result<Plan, GpuError> {
+        let mut p = match &req.devices {
+            Some(_) => plan::plan(req, &*self.discovery.inventory()?, layout)?,
+            None => Plan::default(),
+        };
+        if !req.cdi_devices.is_empty() {
+            cdi::Registry::load(&self.config.gpu.cdi_spec_dirs).apply(&req.cdi_devices, &mut p)?;
+        }
+        Ok(p)
+    }
+
+    /// Edits `spec` for the GPU request it carries; `rootfs` is the container's mounted root,
+    /// where only the loader cache is written (in-root, refusing symlinks).
     /// Returns `None` when the container asked for nothing (or is a pod sandbox).
     pub fn prepare(&self, spec: &mut Spec, rootfs: &Path) -> Result<Option<Injected>, GpuError> {
-        let _ = (spec, rootfs);
-        Ok(None)
+        let Some(req) = request::parse(spec, &self.config.gpu)? else {
+            return Ok(None);
+        };
+        let root = inroot::Root::open(rootfs)
+            .map_err(|e| GpuError::Refused(format!("opening rootfs {}: {e}", rootfs.display())))?;
+        let layout = apply::image_layout(&root);
+        let p = self.plan_request(&req, &layout)?;
+        apply::apply_to_spec(&p, spec)?;
+        apply::write_ld_cache(&p, &root)?;
+        Ok(Some(Injected {
+            summary: p.summary(),
+        }))
     }
 }

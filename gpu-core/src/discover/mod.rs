@@ -1,0 +1,275 @@
+//! Discovery: everything gpu-core reads from the host, behind one seam ([`Discovery`]) that tests
+//! replace with a fixed [`Inventory`].
+//!
+//! A full discovery (file scan, ELF headers, NVML) runs once per driver version: its result is
+//! cached as JSON in `[driver] cache_dir`, keyed by the roots, and reused while
+//! `<proc_root>/driver/nvidia/version` reports the same version. The hot path of a Create is then
+//! one small procfs read and one JSON parse.
+
+pub mod files;
+pub mod nvml;
+pub mod procfs;
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::config::DriverConfig;
+use crate::inventory::{GpuSource, Inventory};
+use crate::GpuError;
+
+/// Bumped whenever [`Inventory`]'s shape changes, so stale cache files are ignored.
+const CACHE_FORMAT: u32 = 1;
+
+/// The seam between gpu-core and the host.
+pub trait Discovery: Send + Sync {
+    /// The host's inventory (possibly cached).
+    fn inventory(&self) -> Result<Arc<Inventory>, GpuError>;
+}
+
+/// A fixed inventory, for tests and for `nvidia-shim list` against a saved inventory.
+pub struct Fixed(pub Arc<Inventory>);
+
+impl Discovery for Fixed {
+    fn inventory(&self) -> Result<Arc<Inventory>, GpuError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// Reads the real host under the configured roots.
+pub struct Host {
+    cfg: DriverConfig,
+    memo: Mutex<Option<Arc<Inventory>>>,
+}
+
+impl Host {
+    /// A discovery over `cfg`'s roots; nothing is read until asked.
+    pub fn new(cfg: DriverConfig) -> Self {
+        Self {
+            cfg,
+            memo: Mutex::new(None),
+        }
+    }
+
+    fn cache_file(&self) -> PathBuf {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            CACHE_FORMAT,
+            &self.cfg.root,
+            &self.cfg.dev_root,
+            &self.cfg.proc_root,
+            &self.cfg.nvml_library,
+        )
+            .hash(&mut h);
+        self.cfg
+            .cache_dir
+            .join(format!("inventory-{:016x}.json", h.finish()))
+    }
+
+    /// Discovers without any cache (what `nvidia-shim info --refresh` runs).
+    pub fn discover_now(&self) -> Result<Inventory, GpuError> {
+        let version = driver_version(&self.cfg.proc_root)?;
+        discover(&self.cfg, &version)
+    }
+}
+
+impl Discovery for Host {
+    fn inventory(&self) -> Result<Arc<Inventory>, GpuError> {
+        let version = driver_version(&self.cfg.proc_root)?;
+        let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(inv) = memo.as_ref().filter(|i| i.driver_version == version) {
+            return Ok(inv.clone());
+        }
+        let path = self.cache_file();
+        let cached = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Inventory>(&b).ok())
+            .filter(|i| i.driver_version == version);
+        let inv = match cached {
+            Some(i) => i,
+            None => {
+                let inv = discover(&self.cfg, &version)?;
+                if let Err(e) = write_cache(&path, &inv) {
+                    tracing::debug!("not caching inventory at {}: {e}", path.display());
+                }
+                inv
+            }
+        };
+        let inv = Arc::new(inv);
+        *memo = Some(inv.clone());
+        Ok(inv)
+    }
+}
+
+fn write_cache(path: &Path, inv: &Inventory) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir)?;
+    let tmp = tempfile_in(dir)?;
+    std::fs::write(&tmp, serde_json::to_vec(inv)?)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+fn tempfile_in(dir: &Path) -> std::io::Result<PathBuf> {
+    Ok(dir.join(format!(
+        ".inventory.{}.{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    )))
+}
+
+/// The loaded kernel module's version.
+pub fn driver_version(proc_root: &Path) -> Result<String, GpuError> {
+    let path = proc_root.join("driver/nvidia/version");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        GpuError::Discovery(format!(
+            "no NVIDIA driver is loaded ({}: {e})",
+            path.display()
+        ))
+    })?;
+    procfs::parse_version(&text)
+        .ok_or_else(|| GpuError::Discovery(format!("no NVRM version in {}", path.display())))
+}
+
+/// The CUDA version a driver branch supports, for when NVML cannot be loaded. From NVIDIA's CUDA
+/// release notes (minimum driver per CUDA toolkit, Linux x86_64).
+pub fn cuda_for_driver(driver_version: &str) -> Option<&'static str> {
+    let major: u32 = driver_version.split('.').next()?.parse().ok()?;
+    const TABLE: [(u32, &str); 16] = [
+        (580, "13.0"),
+        (575, "12.9"),
+        (570, "12.8"),
+        (565, "12.7"),
+        (560, "12.6"),
+        (555, "12.5"),
+        (550, "12.4"),
+        (545, "12.3"),
+        (535, "12.2"),
+        (530, "12.1"),
+        (525, "12.0"),
+        (520, "11.8"),
+        (515, "11.7"),
+        (510, "11.6"),
+        (495, "11.5"),
+        (470, "11.4"),
+    ];
+    TABLE.iter().find(|(d, _)| major >= *d).map(|(_, c)| *c)
+}
+
+/// A full, uncached discovery.
+pub fn discover(cfg: &DriverConfig, version: &str) -> Result<Inventory, GpuError> {
+    // Canonical roots, so a root reached through a symlink (GKE's /usr/local/nvidia) still
+    // contains the files it resolves to.
+    let root = std::fs::canonicalize(&cfg.root).unwrap_or_else(|_| cfg.root.clone());
+    let majors = procfs::char_majors(&cfg.proc_root);
+    let mig_minors = procfs::mig_minors(&cfg.proc_root);
+    let libraries = files::libraries(&root, version);
+
+    let mut control_nodes = Vec::new();
+    for (path, module, minor) in [
+        ("/dev/nvidiactl", None, 255),
+        ("/dev/nvidia-uvm", Some("nvidia-uvm"), 0),
+        ("/dev/nvidia-uvm-tools", Some("nvidia-uvm"), 1),
+        ("/dev/nvidia-modeset", None, 254),
+    ] {
+        let node = files::char_node(&cfg.dev_root, path).or_else(|| {
+            module
+                .and_then(|m| majors.get(m))
+                .map(|maj| files::node_from_major(path, *maj, minor))
+        });
+        control_nodes.extend(node);
+    }
+    let caps_major = majors.get("nvidia-caps").copied();
+    let mig_admin_caps = ["config", "monitor"]
+        .iter()
+        .filter_map(|k| {
+            let minor = *mig_minors.get(*k)?;
+            let path = format!("/dev/nvidia-caps/nvidia-cap{minor}");
+            let node = files::char_node(&cfg.dev_root, &path)
+                .or_else(|| Some(files::node_from_major(&path, caps_major?, i64::from(minor))))?;
+            Some((k.to_string(), node))
+        })
+        .collect();
+
+    let nvml_lib = cfg.nvml_library.clone().or_else(|| {
+        libraries
+            .iter()
+            .find(|l| l.prefix == "libnvidia-ml.so" && !l.is_32bit)
+            .map(|l| l.path.clone())
+    });
+    let from_nvml = nvml_lib
+        .as_deref()
+        .map(|lib| nvml::read(lib, caps_major, &mig_minors));
+    let (gpu_source, mut gpus, cuda_version, cuda_version_source) = match from_nvml {
+        Some(Ok(f)) => (GpuSource::Nvml, f.gpus, f.cuda_version, "nvml"),
+        other => {
+            if let Some(Err(e)) = other {
+                tracing::warn!("NVML unavailable, reading GPUs from procfs: {e}");
+            }
+            let gpus = procfs::gpus(&cfg.proc_root)
+                .into_iter()
+                .enumerate()
+                .map(|(i, g)| crate::inventory::Gpu {
+                    index: i as u32,
+                    uuid: g.uuid,
+                    minor: g.minor,
+                    pci_bus_id: g.bus,
+                    model: g.model,
+                    brand: None,
+                    arch: None,
+                    memory_mib: None,
+                    mig_enabled: false,
+                    migs: Vec::new(),
+                    node: files::node_from_major(
+                        &format!("/dev/nvidia{}", g.minor),
+                        195,
+                        i64::from(g.minor),
+                    ),
+                })
+                .collect();
+            (
+                GpuSource::Procfs,
+                gpus,
+                cuda_for_driver(version).map(str::to_string),
+                "driver-branch table",
+            )
+        }
+    };
+    for g in &mut gpus {
+        if let Some(n) = files::char_node(&cfg.dev_root, &g.node.path) {
+            g.node = n;
+        }
+    }
+    Ok(Inventory {
+        driver_version: version.to_string(),
+        cuda_version,
+        cuda_version_source: cuda_version_source.to_string(),
+        gpu_source,
+        gpus,
+        control_nodes,
+        mig_admin_caps,
+        binaries: files::binaries(&root),
+        firmware: files::firmware(&root, version),
+        sockets: files::sockets(&root),
+        mps_pipe_dir: files::mps_pipe_dir(),
+        graphics_files: files::graphics_files(&root),
+        libraries,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuda_fallback_table() {
+        assert_eq!(cuda_for_driver("580.95.05"), Some("13.0"));
+        assert_eq!(cuda_for_driver("535.129.03"), Some("12.2"));
+        assert_eq!(cuda_for_driver("537.1"), Some("12.2"));
+        assert_eq!(cuda_for_driver("390.1"), None);
+    }
+}

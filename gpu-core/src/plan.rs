@@ -1,0 +1,342 @@
+//! Planning: a pure function from a request, the host inventory, the config and two facts about
+//! the image (its library directories) to the edits that give the container its GPUs.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use crate::inventory::{Capability, DeviceNode, Gpu, Inventory, MigDevice};
+use crate::ldcache::{self, Entry};
+use crate::request::{Devices, Request};
+use crate::{require, GpuError};
+
+/// Mount options of every injected file: read-only, no devices, no setuid.
+pub const RO_BIND: [&str; 5] = ["ro", "nosuid", "nodev", "rbind", "rprivate"];
+/// Mount options of IPC sockets and the MPS pipe dir (written to, never executed).
+pub const RW_BIND: [&str; 5] = ["nosuid", "nodev", "noexec", "rbind", "rprivate"];
+/// Driver file the container must not be able to rewrite: with it, the driver could be told to
+/// create device nodes for GPUs the container was not given.
+pub const MASKED_PARAMS: &str = "/proc/driver/nvidia/params";
+
+/// Where the image keeps its libraries (decided from its rootfs by the caller).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageLayout {
+    /// 64-bit library directory, e.g. `/usr/lib/x86_64-linux-gnu` or `/usr/lib64`.
+    pub libdir: String,
+    /// 32-bit library directory.
+    pub libdir32: String,
+}
+
+/// A bind mount to add.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindMount {
+    /// Host path.
+    pub source: PathBuf,
+    /// Container path.
+    pub destination: String,
+    /// Mount options.
+    pub options: Vec<String>,
+}
+
+/// The edits for one container.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Device nodes (created by runc, each with a cgroup allow rule).
+    pub devices: Vec<DeviceNode>,
+    /// Bind mounts.
+    pub mounts: Vec<BindMount>,
+    /// `K=V` env entries to set.
+    pub env: Vec<String>,
+    /// Paths to mask.
+    pub masked_paths: Vec<String>,
+    /// Loader cache entries for the injected libraries.
+    pub ld_entries: Vec<Entry>,
+    /// Selected GPUs (UUIDs, MIG UUIDs, CDI names), for logs.
+    pub selected: Vec<String>,
+    /// Device paths that get no cgroup rule (CDI `permissions: none`).
+    pub no_cgroup_rule: Vec<String>,
+    /// Extra supplementary groups (CDI `additionalGids`).
+    pub additional_gids: Vec<u32>,
+}
+
+impl Plan {
+    /// One line for logs.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} GPU(s) [{}], {} device nodes, {} mounts",
+            self.selected.len(),
+            self.selected.join(", "),
+            self.devices.len(),
+            self.mounts.len()
+        )
+    }
+
+    fn add_device(&mut self, n: &DeviceNode) {
+        if !self.devices.iter().any(|d| d.path == n.path) {
+            self.devices.push(n.clone());
+        }
+    }
+
+    fn add_mount(&mut self, source: PathBuf, destination: String, opts: &[&str]) {
+        if self.mounts.iter().any(|m| m.destination == destination) {
+            return;
+        }
+        self.mounts.push(BindMount {
+            source,
+            destination,
+            options: opts.iter().map(|s| s.to_string()).collect(),
+        });
+    }
+}
+
+enum Selected<'a> {
+    Gpu(&'a Gpu),
+    Mig(&'a Gpu, &'a MigDevice),
+}
+
+fn unknown_device(id: &str, inv: &Inventory) -> GpuError {
+    let known = inv.known_ids();
+    let have = if known.is_empty() {
+        "no GPUs".to_string()
+    } else {
+        known.join(", ")
+    };
+    GpuError::Refused(format!("unknown device {id:?} (this host has: {have})"))
+}
+
+fn resolve<'a>(id: &str, inv: &'a Inventory) -> Result<Selected<'a>, GpuError> {
+    if let Ok(i) = id.parse::<u32>() {
+        return inv
+            .gpus
+            .iter()
+            .find(|g| g.index == i)
+            .map(Selected::Gpu)
+            .ok_or_else(|| unknown_device(id, inv));
+    }
+    if let Some((g, m)) = id.split_once(':').filter(|(g, _)| g.parse::<u32>().is_ok()) {
+        if let (Ok(g), Ok(m)) = (g.parse::<u32>(), m.parse::<u32>()) {
+            if let Some(gpu) = inv.gpus.iter().find(|x| x.index == g) {
+                if let Some(mig) = gpu.migs.iter().find(|y| y.index == m) {
+                    return Ok(Selected::Mig(gpu, mig));
+                }
+            }
+            return Err(unknown_device(id, inv));
+        }
+    }
+    for g in &inv.gpus {
+        if g.uuid.eq_ignore_ascii_case(id) {
+            return Ok(Selected::Gpu(g));
+        }
+        if g.pci_bus_id.eq_ignore_ascii_case(id)
+            || crate::discover::nvml::normalise_bus_id(id) == g.pci_bus_id
+        {
+            return Ok(Selected::Gpu(g));
+        }
+        for m in &g.migs {
+            if m.uuid.eq_ignore_ascii_case(id) {
+                return Ok(Selected::Mig(g, m));
+            }
+        }
+    }
+    Err(unknown_device(id, inv))
+}
+
+fn check_requirements(
+    req: &Request,
+    inv: &Inventory,
+    selected: &[Selected<'_>],
+) -> Result<(), GpuError> {
+    let host = require::Facts {
+        cuda: inv.cuda_version.clone(),
+        driver: Some(inv.driver_version.clone()),
+        ..Default::default()
+    };
+    let mut checks: Vec<require::Facts> = selected
+        .iter()
+        .map(|s| {
+            let g = match s {
+                Selected::Gpu(g) | Selected::Mig(g, _) => g,
+            };
+            require::Facts {
+                arch: g.arch.clone(),
+                brand: g.brand.clone(),
+                ..host.clone()
+            }
+        })
+        .collect();
+    if checks.is_empty() {
+        checks.push(require::Facts {
+            no_gpu: true,
+            ..host
+        });
+    }
+    for r in &req.requirements {
+        if let Some(f) = checks.iter().find(|f| !require::satisfied(&r.expr, f)) {
+            let hint = if require::wants_newer_cuda(&r.expr) {
+                "; please update your driver to a newer version, or use an earlier cuda container"
+            } else {
+                ""
+            };
+            return Err(GpuError::Refused(format!(
+                "unsatisfied requirement {}={:?}: this host has CUDA {}, driver {}{}{}",
+                r.var,
+                r.text,
+                inv.cuda_version.as_deref().unwrap_or("unknown"),
+                inv.driver_version,
+                match (&f.brand, &f.arch) {
+                    (Some(b), Some(a)) => format!(", GPU brand {b}, arch {a}"),
+                    _ if !f.no_gpu => " (GPU brand/arch unknown: NVML unavailable)".into(),
+                    _ => String::new(),
+                },
+                hint
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Video needs the compute libraries and display the graphics ones.
+fn effective_caps(req: &Request) -> BTreeSet<Capability> {
+    let mut caps = req.capabilities.clone();
+    if caps.contains(&Capability::Video) {
+        caps.insert(Capability::Compute);
+    }
+    if caps.contains(&Capability::Display) {
+        caps.insert(Capability::Graphics);
+    }
+    caps
+}
+
+/// Builds the plan for `req` (only its env/volume-mount part; CDI devices are applied
+/// separately from their specs).
+pub fn plan(req: &Request, inv: &Inventory, image: &ImageLayout) -> Result<Plan, GpuError> {
+    let mut p = Plan::default();
+    let Some(devices) = &req.devices else {
+        return Ok(p);
+    };
+    let selected: Vec<Selected<'_>> = match devices {
+        Devices::NoGpus => Vec::new(),
+        Devices::All => inv
+            .gpus
+            .iter()
+            .flat_map(|g| {
+                if g.mig_enabled && !g.migs.is_empty() {
+                    g.migs.iter().map(|m| Selected::Mig(g, m)).collect()
+                } else {
+                    vec![Selected::Gpu(g)]
+                }
+            })
+            .collect(),
+        Devices::List(ids) => ids
+            .iter()
+            .map(|id| resolve(id, inv))
+            .collect::<Result<_, _>>()?,
+    };
+    check_requirements(req, inv, &selected)?;
+    let caps = effective_caps(req);
+
+    // Device nodes.
+    if let Some(ctl) = inv.control("/dev/nvidiactl") {
+        p.add_device(ctl);
+    }
+    for s in &selected {
+        match s {
+            Selected::Gpu(g) => {
+                p.add_device(&g.node);
+                p.selected.push(g.uuid.clone());
+            }
+            Selected::Mig(g, m) => {
+                p.add_device(&g.node);
+                for c in &m.caps {
+                    p.add_device(c);
+                }
+                p.selected.push(m.uuid.clone());
+            }
+        }
+    }
+    if caps.contains(&Capability::Compute) {
+        for n in ["/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"] {
+            if let Some(node) = inv.control(n) {
+                p.add_device(node);
+            }
+        }
+    }
+    if caps.contains(&Capability::Display) {
+        if let Some(node) = inv.control("/dev/nvidia-modeset") {
+            p.add_device(node);
+        }
+    }
+    for (name, node) in &inv.mig_admin_caps {
+        if (name == "config" && req.mig_config) || (name == "monitor" && req.mig_monitor) {
+            p.add_device(node);
+        }
+    }
+
+    // Libraries: one bind each, under its own file name in the image's library dir; the loader
+    // cache maps the soname (and the development name where programs dlopen it) to that file.
+    let prefixes: BTreeSet<&str> = caps
+        .iter()
+        .flat_map(|c| c.libraries().iter().copied())
+        .collect();
+    let compat32 = caps.contains(&Capability::Compat32);
+    for lib in &inv.libraries {
+        if !prefixes.contains(lib.prefix.as_str()) || (lib.is_32bit && !compat32) {
+            continue;
+        }
+        let dir = if lib.is_32bit {
+            &image.libdir32
+        } else {
+            &image.libdir
+        };
+        let dest = format!("{}/{}", dir.trim_end_matches('/'), lib.file_name);
+        p.add_mount(lib.path.clone(), dest.clone(), &RO_BIND);
+        let flags = if lib.is_32bit {
+            ldcache::FLAGS_LIB32
+        } else {
+            ldcache::FLAGS_LIB64
+        };
+        let mut keys: Vec<String> = lib.soname.iter().cloned().collect();
+        if matches!(
+            lib.prefix.as_str(),
+            "libcuda.so" | "libnvidia-opticalflow.so" | "libnvidia-ml.so"
+        ) {
+            keys.push(lib.prefix.clone());
+        }
+        if lib.prefix == "libGLX_nvidia.so" {
+            keys.push("libGLX_indirect.so.0".into());
+        }
+        for k in keys {
+            p.ld_entries.push(Entry::new(flags, k, dest.clone()));
+        }
+    }
+
+    // Utilities.
+    for b in &inv.binaries {
+        if caps.iter().any(|c| c.binaries().contains(&b.name.as_str())) {
+            p.add_mount(b.path.clone(), format!("/usr/bin/{}", b.name), &RO_BIND);
+        }
+    }
+
+    // Firmware the driver's user-space may read, sockets, MPS, graphics configs.
+    for (src, dst) in &inv.firmware {
+        p.add_mount(src.clone(), dst.clone(), &RO_BIND);
+    }
+    if caps.contains(&Capability::Utility) {
+        for (src, dst) in &inv.sockets {
+            p.add_mount(src.clone(), dst.clone(), &RW_BIND);
+        }
+    }
+    if caps.contains(&Capability::Compute) {
+        if let Some(dir) = &inv.mps_pipe_dir {
+            let d = dir.to_string_lossy().into_owned();
+            p.add_mount(dir.clone(), d.clone(), &RW_BIND);
+            p.env.push(format!("CUDA_MPS_PIPE_DIRECTORY={d}"));
+        }
+    }
+    if caps.contains(&Capability::Graphics) {
+        for (src, dst) in &inv.graphics_files {
+            p.add_mount(src.clone(), dst.clone(), &RO_BIND);
+        }
+    }
+    p.masked_paths.push(MASKED_PARAMS.into());
+    Ok(p)
+}

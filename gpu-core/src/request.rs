@@ -1,0 +1,311 @@
+//! What a container asks for, read from its OCI spec: `NVIDIA_*` env, the device plugin's
+//! volume-mount list and CDI annotations. Pure: no host access.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use oci_spec::runtime::Spec;
+
+use crate::config::GpuConfig;
+use crate::inventory::Capability;
+use crate::{require, GpuError, CONTAINER_TYPE_ANNOTATION};
+
+/// Directory under which the device plugin's `volume-mounts` strategy lists device ids.
+pub const DEVICE_LIST_DIR: &str = "/var/run/nvidia-container-devices";
+
+/// Which GPUs were asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Devices {
+    /// `none`: the driver (libraries, utilities, control nodes) but no GPU.
+    NoGpus,
+    /// `all`.
+    All,
+    /// Explicit ids: indexes, UUIDs, MIG forms, PCI bus ids.
+    List(Vec<String>),
+}
+
+/// A parsed requirement: the variable it came from, its text and its expression.
+#[derive(Clone, Debug)]
+pub struct Requirement {
+    /// e.g. `NVIDIA_REQUIRE_CUDA`.
+    pub var: String,
+    /// The expression as written.
+    pub text: String,
+    /// Parsed.
+    pub expr: require::Expr,
+}
+
+/// A container's GPU request.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// GPUs from env or volume mounts; `None` when only CDI devices were asked for.
+    pub devices: Option<Devices>,
+    /// Driver capabilities.
+    pub capabilities: BTreeSet<Capability>,
+    /// `NVIDIA_REQUIRE_*` (empty when disabled).
+    pub requirements: Vec<Requirement>,
+    /// `NVIDIA_MIG_CONFIG_DEVICES=all` (privileged only).
+    pub mig_config: bool,
+    /// `NVIDIA_MIG_MONITOR_DEVICES=all` (privileged only).
+    pub mig_monitor: bool,
+    /// Fully-qualified CDI device names from annotations and volume mounts.
+    pub cdi_devices: Vec<String>,
+    /// Where the device list came from, for logs.
+    pub source: &'static str,
+}
+
+fn env_map(spec: &Spec) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    if let Some(env) = spec.process().as_ref().and_then(|p| p.env().as_ref()) {
+        for kv in env {
+            if let Some((k, v)) = kv.split_once('=') {
+                m.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+    m
+}
+
+/// CAP_SYS_ADMIN in the bounding set: what "privileged" means for device requests.
+pub fn is_privileged(spec: &Spec) -> bool {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.capabilities().as_ref())
+        .and_then(|c| c.bounding().as_ref())
+        .is_some_and(|b| b.contains(&oci_spec::runtime::Capability::SysAdmin))
+}
+
+/// Whether the spec is a CRI pod sandbox (pause) container.
+pub fn is_sandbox(spec: &Spec) -> bool {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(CONTAINER_TYPE_ANNOTATION))
+        .is_some_and(|t| t == "sandbox")
+}
+
+fn split_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn devices_from_ids(ids: Vec<String>) -> Option<Devices> {
+    if ids.is_empty() || ids.iter().any(|i| i == "void") {
+        return None;
+    }
+    if ids.iter().any(|i| i.eq_ignore_ascii_case("all")) {
+        return Some(Devices::All);
+    }
+    let list: Vec<String> = ids.into_iter().filter(|i| i != "none").collect();
+    if list.is_empty() {
+        Some(Devices::NoGpus)
+    } else {
+        Some(Devices::List(list))
+    }
+}
+
+/// Validates a fully-qualified CDI name `vendor/class=name`.
+pub fn check_cdi_name(name: &str) -> Result<(), String> {
+    let (kind, dev) = name
+        .split_once('=')
+        .ok_or_else(|| format!("{name:?} is not a qualified CDI name (vendor/class=device)"))?;
+    let (vendor, class) = kind
+        .split_once('/')
+        .ok_or_else(|| format!("{name:?}: kind {kind:?} is not vendor/class"))?;
+    let word = |s: &str, extra: &[char]| {
+        !s.is_empty()
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c) || extra.contains(&c))
+    };
+    if !word(vendor, &[]) || !word(class, &[]) || !word(dev, &[':']) {
+        return Err(format!("{name:?} is not a valid CDI device name"));
+    }
+    Ok(())
+}
+
+fn parse_bool(var: &str, v: &str) -> Result<bool, GpuError> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" | "" => Ok(false),
+        _ => Err(GpuError::Refused(format!(
+            "{var}={v:?} is not a boolean (use true or false)"
+        ))),
+    }
+}
+
+/// Reads the request; `Ok(None)` when the container asked for nothing (or is a pod sandbox).
+pub fn parse(spec: &Spec, cfg: &GpuConfig) -> Result<Option<Request>, GpuError> {
+    if is_sandbox(spec) {
+        return Ok(None);
+    }
+    let env = env_map(spec);
+    let privileged = is_privileged(spec);
+    let mut cdi_devices = Vec::new();
+
+    // CDI annotations, in key order.
+    if let Some(ann) = spec.annotations() {
+        let mut keys: Vec<&String> = ann
+            .keys()
+            .filter(|k| cfg.cdi_annotation_prefixes.iter().any(|p| k.starts_with(p)))
+            .collect();
+        keys.sort();
+        for k in keys {
+            for name in split_list(&ann[k]) {
+                check_cdi_name(&name)
+                    .map_err(|e| GpuError::Refused(format!("annotation {k}: {e}")))?;
+                cdi_devices.push(name);
+            }
+        }
+    }
+
+    // The device plugin's volume-mount list.
+    let mut mount_ids = Vec::new();
+    if cfg.accept_volume_mounts {
+        let prefix = format!("{DEVICE_LIST_DIR}/");
+        for m in spec.mounts().iter().flatten() {
+            let src = m
+                .source()
+                .as_ref()
+                .map(|s| s.to_string_lossy().into_owned());
+            if src.as_deref() != Some("/dev/null") {
+                continue;
+            }
+            let dest = m.destination().to_string_lossy();
+            let Some(id) = dest.strip_prefix(&prefix) else {
+                continue;
+            };
+            if let Some(rest) = id.strip_prefix("cdi/") {
+                // cdi/<vendor>/<class>/<dev> or cdi/<vendor>/<class>=<dev>
+                let name = match rest.split('/').collect::<Vec<_>>().as_slice() {
+                    [v, c, d] => format!("{v}/{c}={d}"),
+                    _ => rest.to_string(),
+                };
+                if check_cdi_name(&name).is_ok() {
+                    cdi_devices.push(name);
+                } else {
+                    tracing::warn!("ignoring device-list mount {dest}: not a CDI name");
+                }
+            } else if id.starts_with("imex/") {
+                tracing::warn!("ignoring IMEX channel request {dest}: IMEX is not supported");
+            } else if !id.is_empty() && !mount_ids.contains(&id.to_string()) {
+                mount_ids.push(id.to_string());
+            }
+        }
+    }
+
+    let (devices, source) = if !mount_ids.is_empty() {
+        (devices_from_ids(mount_ids), "volume-mounts")
+    } else {
+        let value = env.get("NVIDIA_VISIBLE_DEVICES");
+        match value {
+            // The volume-mounts strategy sets the env to the directory itself: not a list.
+            Some(v) if v.trim() == DEVICE_LIST_DIR => (None, "env"),
+            Some(v) => {
+                let d = devices_from_ids(split_list(v));
+                if d.is_some() && !privileged && !cfg.accept_env_unprivileged {
+                    tracing::warn!(
+                        "ignoring NVIDIA_VISIBLE_DEVICES in an unprivileged container \
+                         (gpu.accept_env_unprivileged = false)"
+                    );
+                    (None, "env")
+                } else {
+                    (d, "env")
+                }
+            }
+            None => (None, "env"),
+        }
+    };
+    if devices.is_none() && cdi_devices.is_empty() {
+        return Ok(None);
+    }
+
+    let legacy = env.get("CUDA_VERSION").is_some_and(|v| !v.is_empty())
+        && env.get("NVIDIA_REQUIRE_CUDA").is_none_or(|v| v.is_empty());
+    let capabilities = match env.get("NVIDIA_DRIVER_CAPABILITIES").map(|s| s.trim()) {
+        None if legacy => Capability::ALL.into_iter().collect(),
+        None | Some("") => [Capability::Utility, Capability::Compute].into(),
+        Some(v) => {
+            let mut caps = BTreeSet::new();
+            for c in split_list(v) {
+                if c.eq_ignore_ascii_case("all") {
+                    caps.extend(Capability::ALL);
+                } else {
+                    caps.insert(Capability::parse(&c).ok_or_else(|| {
+                        GpuError::Refused(format!(
+                            "NVIDIA_DRIVER_CAPABILITIES: unknown capability {c:?} (supported: all, {})",
+                            Capability::ALL.map(|c| c.name()).join(", ")
+                        ))
+                    })?);
+                }
+            }
+            caps
+        }
+    };
+
+    let disabled = cfg.disable_require
+        || parse_bool(
+            "NVIDIA_DISABLE_REQUIRE",
+            env.get("NVIDIA_DISABLE_REQUIRE")
+                .map(|s| s.trim())
+                .unwrap_or(""),
+        )?;
+    let mut requirements = Vec::new();
+    if !disabled {
+        for (k, v) in &env {
+            if !k.starts_with("NVIDIA_REQUIRE_")
+                || k.starts_with("NVIDIA_REQUIRE_JETPACK")
+                || v.trim().is_empty()
+            {
+                continue;
+            }
+            let expr = require::parse(v)
+                .map_err(|e| GpuError::Refused(format!("{k}={v:?} is invalid: {e}")))?;
+            requirements.push(Requirement {
+                var: k.clone(),
+                text: v.clone(),
+                expr,
+            });
+        }
+        if legacy {
+            let cuda = &env["CUDA_VERSION"];
+            let mm: Vec<&str> = cuda.split('.').take(2).collect();
+            let text = format!("cuda>={}", mm.join("."));
+            let expr = require::parse(&text).map_err(|_| {
+                GpuError::Refused(format!("CUDA_VERSION={cuda:?} is not a version"))
+            })?;
+            requirements.push(Requirement {
+                var: "CUDA_VERSION".into(),
+                text,
+                expr,
+            });
+        }
+    }
+
+    let mig = |var: &str| -> Result<bool, GpuError> {
+        match env.get(var).map(|s| s.trim()) {
+            None | Some("") => Ok(false),
+            Some(_) if !privileged => Err(GpuError::Refused(format!(
+                "{var} is only honoured in privileged containers"
+            ))),
+            Some("all") => Ok(true),
+            Some(v) => Err(GpuError::Refused(format!(
+                "{var}={v:?}: only \"all\" is supported"
+            ))),
+        }
+    };
+    let mig_config = mig("NVIDIA_MIG_CONFIG_DEVICES")?;
+    let mig_monitor = mig("NVIDIA_MIG_MONITOR_DEVICES")?;
+
+    Ok(Some(Request {
+        devices,
+        capabilities,
+        requirements,
+        mig_config,
+        mig_monitor,
+        cdi_devices,
+        source,
+    }))
+}
