@@ -12,6 +12,7 @@ pub mod cdi;
 pub mod config;
 pub mod discover;
 pub mod elf;
+pub mod fixture;
 pub mod inroot;
 pub mod inventory;
 pub mod ldcache;

@@ -129,6 +129,110 @@ pub fn import_rootfs(ctd: &Containerd, rootfs: &Path, name: &str) -> Result<()> 
     Ok(())
 }
 
+/// Reference of the glibc test image (busybox + the host's glibc + `dlcheck` + `ldconfig`, and a
+/// loader cache that maps `libcuda.so.1` to a stale stub).
+pub const GLIBC_IMAGE: &str = "docker.io/library/glibc-stub:nvidia-shim-test";
+
+const DLCHECK_C: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        void *h = dlopen(argv[i], RTLD_NOW);
+        if (!h) { printf("dlopen %s failed: %s\n", argv[i], dlerror()); return 1; }
+        const char *(*id)(void) = (const char *(*)(void))dlsym(h, "fake_driver_id");
+        printf("%s -> %s\n", argv[i], id ? id() : "(no fake_driver_id)");
+    }
+    return 0;
+}
+"#;
+
+fn run_ok(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status()?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+/// Fills `root` with a Debian-like glibc userland: busybox, the host's libc and loader, `dlcheck`
+/// (dlopens its arguments and prints their `fake_driver_id()`), `ldconfig`, and an image loader
+/// cache built while a stub dir was configured, so `libcuda.so.1` points at a stale stub.
+pub fn glibc_rootfs(root: &Path) -> Result<()> {
+    busybox_rootfs(root)?;
+    let triple = format!("{}-linux-gnu", std::env::consts::ARCH);
+    let libdir = root.join(format!("lib/{triple}"));
+    fs::create_dir_all(&libdir)?;
+    fs::create_dir_all(root.join("lib64"))?;
+    fs::create_dir_all(root.join("usr/bin"))?;
+    fs::create_dir_all(root.join("sbin"))?;
+    fs::create_dir_all(root.join("usr/local/stubs"))?;
+    fs::create_dir_all(root.join(format!("usr/lib/{triple}")))?;
+    let host_lib = Path::new("/lib").join(&triple);
+    for f in ["libc.so.6", "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1"] {
+        if host_lib.join(f).exists() {
+            fs::copy(host_lib.join(f), libdir.join(f))?;
+            if f.starts_with("ld-linux") {
+                let lib_dir = if f.contains("x86-64") { "lib64" } else { "lib" };
+                let link = root.join(lib_dir).join(f);
+                if !link.exists() {
+                    symlink(format!("/lib/{triple}/{f}"), link)?;
+                }
+            }
+        }
+    }
+    fs::copy("/sbin/ldconfig", root.join("sbin/ldconfig"))?;
+    let work = tempfile::tempdir()?;
+    let src = work.path().join("dlcheck.c");
+    fs::write(&src, DLCHECK_C)?;
+    run_ok(
+        Command::new("cc")
+            .arg("-o")
+            .arg(root.join("usr/bin/dlcheck"))
+            .arg(&src),
+    )?;
+    gpu_core::fixture::build_lib(
+        &root.join("usr/local/stubs/libcuda.so.1"),
+        "libcuda.so.1",
+        "stale stub",
+    )
+    .context("building the stub libcuda")?;
+    fs::write(
+        root.join("etc/debian_version"),
+        "12.0
+",
+    )?;
+    // Build the image's cache with the stub dir configured, then drop it from the config: the
+    // cache is stale, as in images built against a CUDA stub.
+    fs::write(
+        root.join("etc/ld.so.conf"),
+        format!(
+            "/usr/local/stubs
+/lib/{triple}
+/usr/lib/{triple}
+"
+        ),
+    )?;
+    run_ok(Command::new("/sbin/ldconfig").arg("-r").arg(root))?;
+    fs::write(
+        root.join("etc/ld.so.conf"),
+        format!(
+            "/lib/{triple}
+/usr/lib/{triple}
+"
+        ),
+    )?;
+    Ok(())
+}
+
+/// Imports the glibc test image ([`GLIBC_IMAGE`]).
+pub fn import_glibc(ctd: &Containerd) -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let root = work.path().join("rootfs");
+    glibc_rootfs(&root)?;
+    import_rootfs(ctd, &root, GLIBC_IMAGE)
+}
+
 /// Imports the busybox test image ([`IMAGE`]).
 pub fn import(ctd: &Containerd) -> Result<()> {
     let work = tempfile::tempdir()?;

@@ -221,10 +221,21 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// `ctr run` with our runtime: `opts` go before the image, `cmd` after the id.
     pub fn run(&mut self, opts: &[&str], id: &str, cmd: &[&str]) -> Result<Output> {
+        self.run_image(IMAGE, opts, id, cmd)
+    }
+
+    /// `ctr run` of `image` with our runtime.
+    pub fn run_image(
+        &mut self,
+        image: &str,
+        opts: &[&str],
+        id: &str,
+        cmd: &[&str],
+    ) -> Result<Output> {
         self.track(id);
         let mut args = vec!["run", "--runtime", RUNTIME];
         args.extend_from_slice(opts);
-        args.push(IMAGE);
+        args.push(image);
         args.push(id);
         args.extend_from_slice(cmd);
         self.ctr(&args)

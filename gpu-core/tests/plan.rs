@@ -1,0 +1,487 @@
+//! Discovery on fake driver hosts (standard and GKE layouts) and planning for every request form.
+
+use std::sync::Arc;
+
+use gpu_core::discover::{Discovery, Fixed, Host};
+use gpu_core::fixture::{FakeHost, Layout, VERSION};
+use gpu_core::inventory::GpuSource;
+use gpu_core::plan::ImageLayout;
+use gpu_core::{Injector, Plan, ShimConfig};
+use oci_spec::runtime::Spec;
+
+fn spec(env: &[&str], annotations: &[(&str, &str)], privileged: bool) -> Spec {
+    let caps: Vec<&str> = if privileged {
+        vec!["CAP_SYS_ADMIN", "CAP_CHOWN"]
+    } else {
+        vec!["CAP_CHOWN"]
+    };
+    let ann: serde_json::Map<String, serde_json::Value> = annotations
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+        .collect();
+    let v = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"cwd": "/", "args": ["sh"], "env": env, "user": {"uid": 0, "gid": 0},
+                    "capabilities": {"bounding": caps, "effective": caps, "permitted": caps}},
+        "root": {"path": "rootfs"},
+        "annotations": ann,
+        "linux": {"namespaces": [{"type": "mount"}]},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+    });
+    serde_json::from_value(v).expect("valid spec")
+}
+
+fn debian() -> ImageLayout {
+    ImageLayout {
+        libdir: "/usr/lib/x86_64-linux-gnu".into(),
+        libdir32: "/usr/lib/i386-linux-gnu".into(),
+    }
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    host: FakeHost,
+    injector: Injector,
+}
+
+fn env(layout: Layout, gpus: usize) -> Env {
+    env_with(layout, gpus, |_| {})
+}
+
+fn env_with(layout: Layout, gpus: usize, tweak: impl FnOnce(&mut ShimConfig)) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let host = FakeHost::build(dir.path(), layout, gpus).unwrap();
+    let mut cfg = host.config();
+    tweak(&mut cfg);
+    let injector = Injector::new(cfg);
+    Env {
+        _dir: dir,
+        host,
+        injector,
+    }
+}
+
+fn plan(e: &Env, env: &[&str]) -> Result<Option<Plan>, String> {
+    e.injector
+        .plan(&spec(env, &[], false), &debian())
+        .map_err(|e| e.to_string())
+}
+
+fn dests(p: &Plan) -> Vec<&str> {
+    p.mounts.iter().map(|m| m.destination.as_str()).collect()
+}
+
+fn nodes(p: &Plan) -> Vec<&str> {
+    p.devices.iter().map(|d| d.path.as_str()).collect()
+}
+
+#[test]
+fn discovers_both_layouts() {
+    for layout in [Layout::Standard, Layout::Gke] {
+        let e = env(layout, 2);
+        let inv = Host::new(e.host.config().driver).inventory().unwrap();
+        assert_eq!(inv.driver_version, VERSION);
+        assert_eq!(
+            inv.gpu_source,
+            GpuSource::Procfs,
+            "fake NVML path does not load"
+        );
+        assert_eq!(inv.cuda_version.as_deref(), Some("13.0"));
+        assert_eq!(inv.gpus.len(), 2);
+        assert_eq!(inv.gpus[1].uuid, e.host.uuids[1]);
+        assert_eq!(inv.gpus[1].node.minor, 1);
+        let cuda = inv
+            .libraries
+            .iter()
+            .find(|l| l.prefix == "libcuda.so")
+            .unwrap_or_else(|| panic!("{layout:?}: libcuda not found: {:?}", inv.libraries));
+        assert_eq!(cuda.soname.as_deref(), Some("libcuda.so.1"));
+        assert_eq!(cuda.file_name, format!("libcuda.so.{VERSION}"));
+        assert_eq!(
+            inv.libraries.len(),
+            gpu_core::fixture::LIBS.len(),
+            "{layout:?}"
+        );
+        assert!(inv.binaries.iter().any(|b| b.name == "nvidia-smi"));
+        assert_eq!(inv.firmware.len(), 1);
+        assert!(inv.firmware[0].1.ends_with("/gsp_ga10x.bin"));
+        let uvm = inv.control("/dev/nvidia-uvm").unwrap();
+        assert_eq!(uvm.major, 236);
+        // The second call is served from the per-version cache file.
+        assert!(std::fs::read_dir(e.host.dir.join("cache")).unwrap().count() == 1);
+        let again = Host::new(e.host.config().driver).inventory().unwrap();
+        assert_eq!(*again, *inv);
+    }
+}
+
+#[test]
+fn no_request_means_no_edits() {
+    let e = env(Layout::Standard, 2);
+    for env in [
+        &[][..],
+        &["NVIDIA_VISIBLE_DEVICES="][..],
+        &["NVIDIA_VISIBLE_DEVICES=void"][..],
+        &["NVIDIA_VISIBLE_DEVICES=0,void"][..],
+        &["CUDA_VERSION=12.2"][..],
+    ] {
+        assert!(plan(&e, env).unwrap().is_none(), "{env:?}");
+    }
+    // A pod sandbox never gets GPUs, whatever its env says.
+    let s = spec(
+        &["NVIDIA_VISIBLE_DEVICES=all"],
+        &[("io.kubernetes.cri.container-type", "sandbox")],
+        true,
+    );
+    assert!(e.injector.plan(&s, &debian()).unwrap().is_none());
+}
+
+#[test]
+fn visible_devices_forms() {
+    let e = env(Layout::Standard, 2);
+    let all = plan(&e, &["NVIDIA_VISIBLE_DEVICES=all"]).unwrap().unwrap();
+    assert!(nodes(&all).contains(&"/dev/nvidia0") && nodes(&all).contains(&"/dev/nvidia1"));
+    assert!(nodes(&all).contains(&"/dev/nvidiactl"));
+    assert_eq!(all.selected.len(), 2);
+
+    let one = plan(&e, &["NVIDIA_VISIBLE_DEVICES=1"]).unwrap().unwrap();
+    assert!(nodes(&one).contains(&"/dev/nvidia1") && !nodes(&one).contains(&"/dev/nvidia0"));
+
+    let lower = e.host.uuids[0].to_ascii_lowercase();
+    let by_uuid = plan(&e, &[&format!("NVIDIA_VISIBLE_DEVICES= {lower} ")])
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_uuid.selected, vec![e.host.uuids[0].clone()]);
+
+    let by_bus = plan(&e, &["NVIDIA_VISIBLE_DEVICES=0000:11:00.0"])
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_bus.selected, vec![e.host.uuids[1].clone()]);
+
+    let none = plan(&e, &["NVIDIA_VISIBLE_DEVICES=none"]).unwrap().unwrap();
+    // nvidia-uvm-tools has no host node yet: its number comes from /proc/devices.
+    assert_eq!(
+        nodes(&none),
+        vec!["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"]
+    );
+    assert!(
+        dests(&none).contains(&"/usr/bin/nvidia-smi"),
+        "driver without GPUs"
+    );
+
+    let err = plan(&e, &["NVIDIA_VISIBLE_DEVICES=0,7"]).unwrap_err();
+    assert!(err.contains("unknown device \"7\""), "{err}");
+    assert!(err.contains("this host has: 0, 1, GPU-"), "{err}");
+    let err = plan(&e, &["NVIDIA_VISIBLE_DEVICES=0:1"]).unwrap_err();
+    assert!(err.contains("unknown device \"0:1\""), "{err}");
+}
+
+#[test]
+fn capabilities_select_files() {
+    let e = env(Layout::Gke, 1);
+    let lib = |n: &str| format!("/usr/lib/x86_64-linux-gnu/{n}.{VERSION}");
+    let dflt = plan(&e, &["NVIDIA_VISIBLE_DEVICES=0"]).unwrap().unwrap();
+    let d = dests(&dflt);
+    assert!(
+        d.contains(&lib("libcuda.so").as_str()) && d.contains(&lib("libnvidia-ml.so").as_str())
+    );
+    assert!(!d.contains(&lib("libnvidia-encode.so").as_str()));
+    assert!(d.contains(&"/usr/bin/nvidia-smi") && d.contains(&"/usr/bin/nvidia-cuda-mps-control"));
+    assert!(d.contains(&format!("/lib/firmware/nvidia/{VERSION}/gsp_ga10x.bin").as_str()));
+    for m in &dflt.mounts {
+        for o in ["ro", "nosuid", "nodev"] {
+            assert!(m.options.iter().any(|x| x == o), "{m:?} lacks {o}");
+        }
+    }
+    assert_eq!(dflt.masked_paths, vec!["/proc/driver/nvidia/params"]);
+
+    let util = plan(
+        &e,
+        &[
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "NVIDIA_DRIVER_CAPABILITIES=utility",
+        ],
+    )
+    .unwrap()
+    .unwrap();
+    let d = dests(&util);
+    assert!(d.contains(&lib("libnvidia-ml.so").as_str()));
+    assert!(
+        !d.contains(&lib("libcuda.so").as_str()),
+        "utility has no libcuda"
+    );
+    assert!(!nodes(&util).contains(&"/dev/nvidia-uvm"));
+
+    let video = plan(
+        &e,
+        &[
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "NVIDIA_DRIVER_CAPABILITIES=video",
+        ],
+    )
+    .unwrap()
+    .unwrap();
+    let d = dests(&video);
+    assert!(
+        d.contains(&lib("libnvidia-encode.so").as_str()) && d.contains(&lib("libcuda.so").as_str())
+    );
+
+    let err = plan(
+        &e,
+        &[
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "NVIDIA_DRIVER_CAPABILITIES=compute,gpu",
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("NVIDIA_DRIVER_CAPABILITIES") && err.contains("\"gpu\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn loader_entries_map_sonames_to_the_injected_files() {
+    let e = env(Layout::Standard, 1);
+    let p = plan(&e, &["NVIDIA_VISIBLE_DEVICES=all"]).unwrap().unwrap();
+    let target = format!("/usr/lib/x86_64-linux-gnu/libcuda.so.{VERSION}");
+    for key in ["libcuda.so.1", "libcuda.so"] {
+        assert!(
+            p.ld_entries
+                .iter()
+                .any(|x| x.key == key && x.value == target),
+            "{key} → {target} missing: {:?}",
+            p.ld_entries
+        );
+    }
+    let rpm = e
+        .injector
+        .plan(
+            &spec(&["NVIDIA_VISIBLE_DEVICES=all"], &[], false),
+            &ImageLayout {
+                libdir: "/usr/lib64".into(),
+                libdir32: "/usr/lib".into(),
+            },
+        )
+        .unwrap()
+        .unwrap();
+    assert!(dests(&rpm).contains(&format!("/usr/lib64/libcuda.so.{VERSION}").as_str()));
+}
+
+#[test]
+fn requirements() {
+    let e = env(Layout::Standard, 1);
+    let ok = plan(
+        &e,
+        &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda>=12.0"],
+    );
+    assert!(ok.unwrap().is_some());
+    let err = plan(
+        &e,
+        &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda>=99.0"],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("NVIDIA_REQUIRE_CUDA") && err.contains("cuda>=99.0"),
+        "{err}"
+    );
+    assert!(err.contains("CUDA 13.0") && err.contains(VERSION), "{err}");
+    assert!(plan(
+        &e,
+        &[
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "NVIDIA_REQUIRE_CUDA=cuda>=99.0",
+            "NVIDIA_DISABLE_REQUIRE=true"
+        ]
+    )
+    .unwrap()
+    .is_some());
+    let err = plan(
+        &e,
+        &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_ARCH=arch=>8"],
+    )
+    .unwrap_err();
+    assert!(err.contains("NVIDIA_REQUIRE_ARCH"), "{err}");
+    let err = plan(
+        &e,
+        &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DISABLE_REQUIRE=maybe"],
+    )
+    .unwrap_err();
+    assert!(err.contains("NVIDIA_DISABLE_REQUIRE"), "{err}");
+    // A legacy CUDA image (CUDA_VERSION, no NVIDIA_REQUIRE_CUDA) requires its own CUDA version.
+    let err = plan(&e, &["NVIDIA_VISIBLE_DEVICES=0", "CUDA_VERSION=99.1.0"]).unwrap_err();
+    assert!(err.contains("cuda>=99.1"), "{err}");
+}
+
+#[test]
+fn privilege_and_volume_mounts() {
+    let e = env_with(Layout::Standard, 2, |c| {
+        c.gpu.accept_env_unprivileged = false
+    });
+    let s = spec(&["NVIDIA_VISIBLE_DEVICES=all"], &[], false);
+    assert!(
+        e.injector.plan(&s, &debian()).unwrap().is_none(),
+        "unprivileged env refused"
+    );
+    let s = spec(&["NVIDIA_VISIBLE_DEVICES=all"], &[], true);
+    assert!(
+        e.injector.plan(&s, &debian()).unwrap().is_some(),
+        "privileged env honoured"
+    );
+
+    let mut s = spec(
+        &["NVIDIA_VISIBLE_DEVICES=/var/run/nvidia-container-devices"],
+        &[],
+        false,
+    );
+    let mut mounts = s.mounts().clone().unwrap_or_default();
+    mounts.push(
+        serde_json::from_value(serde_json::json!({
+            "destination": format!("/var/run/nvidia-container-devices/{}", e.host.uuids[1]),
+            "type": "bind", "source": "/dev/null", "options": ["bind", "ro"]
+        }))
+        .unwrap(),
+    );
+    s.set_mounts(Some(mounts));
+    let p = e.injector.plan(&s, &debian()).unwrap().unwrap();
+    assert_eq!(p.selected, vec![e.host.uuids[1].clone()]);
+
+    let dflt = env(Layout::Standard, 1);
+    let err = dflt
+        .injector
+        .plan(
+            &spec(
+                &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_MIG_CONFIG_DEVICES=all"],
+                &[],
+                false,
+            ),
+            &debian(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("NVIDIA_MIG_CONFIG_DEVICES"), "{err}");
+}
+
+#[test]
+fn cdi_devices_resolve_and_hooks_are_refused() {
+    let e = env(Layout::Standard, 1);
+    let cdi = e.host.dir.join("cdi");
+    std::fs::create_dir_all(&cdi).unwrap();
+    std::fs::write(
+        cdi.join("vendor.yaml"),
+        "cdiVersion: 0.5.0\nkind: example.com/dev\ndevices:\n- name: \"0\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/example0\n      type: c\n      major: 10\n      minor: 200\n    env: [EXAMPLE=1]\ncontainerEdits:\n  mounts:\n  - hostPath: /etc/hostname\n    containerPath: /etc/example-host\n    options: [ro, bind]\n",
+    )
+    .unwrap();
+    std::fs::write(cdi.join("broken.json"), "{ not json").unwrap();
+    std::fs::write(
+        cdi.join("hooky.yaml"),
+        "cdiVersion: 0.5.0\nkind: evil.com/gpu\ndevices:\n- name: all\n  containerEdits:\n    hooks:\n    - hookName: createContainer\n      path: /usr/bin/evil\n",
+    )
+    .unwrap();
+    let s = spec(&[], &[("cdi.k8s.io/test_0", "example.com/dev=0")], false);
+    let p = e.injector.plan(&s, &debian()).unwrap().unwrap();
+    assert_eq!(nodes(&p), vec!["/dev/example0"]);
+    assert_eq!(p.devices[0].major, 10);
+    assert!(p.env.contains(&"EXAMPLE=1".to_string()));
+    assert!(dests(&p).contains(&"/etc/example-host"));
+
+    let s = spec(&[], &[("cdi.k8s.io/x", "evil.com/gpu=all")], false);
+    let err = e.injector.plan(&s, &debian()).unwrap_err().to_string();
+    assert!(
+        err.contains("hook") && err.contains("/usr/bin/evil"),
+        "{err}"
+    );
+
+    let s = spec(&[], &[("cdi.k8s.io/x", "example.com/dev=9")], false);
+    let err = e.injector.plan(&s, &debian()).unwrap_err().to_string();
+    assert!(
+        err.contains("example.com/dev=9")
+            && err.contains("known: evil.com/gpu=all, example.com/dev=0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("broken.json"),
+        "per-file errors are reported: {err}"
+    );
+
+    let s = spec(&[], &[("cdi.k8s.io/x", "not-qualified")], false);
+    let err = e.injector.plan(&s, &debian()).unwrap_err().to_string();
+    assert!(err.contains("cdi.k8s.io/x"), "{err}");
+}
+
+#[test]
+fn prepare_edits_the_spec_and_writes_the_loader_cache_in_root() {
+    let e = env(Layout::Gke, 2);
+    let rootfs = e.host.dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::write(rootfs.join("etc/debian_version"), "12.0\n").unwrap();
+    // The image's cache points libcuda.so.1 at a stale stub.
+    std::fs::write(
+        rootfs.join("etc/ld.so.cache"),
+        gpu_core::ldcache::write(&[gpu_core::ldcache::Entry::new(
+            gpu_core::ldcache::FLAGS_LIB64,
+            "libcuda.so.1",
+            "/usr/local/cuda/stubs/libcuda.so.1",
+        )]),
+    )
+    .unwrap();
+    let mut s = spec(&["NVIDIA_VISIBLE_DEVICES=1"], &[], false);
+    let done = e.injector.prepare(&mut s, &rootfs).unwrap().unwrap();
+    assert!(done.summary.contains("1 GPU"), "{}", done.summary);
+
+    let linux = s.linux().as_ref().unwrap();
+    let devs = linux.devices().as_ref().unwrap();
+    assert!(devs
+        .iter()
+        .any(|d| d.path().to_str() == Some("/dev/nvidia1") && d.minor() == 1));
+    let rules = linux
+        .resources()
+        .as_ref()
+        .unwrap()
+        .devices()
+        .as_ref()
+        .unwrap();
+    assert!(rules.iter().any(|r| r.allow()
+        && r.major() == Some(195)
+        && r.minor() == Some(1)
+        && r.access().as_deref() == Some("rwm")));
+    assert!(!rules
+        .iter()
+        .any(|r| r.minor() == Some(0) && r.major() == Some(195)));
+    assert!(linux
+        .masked_paths()
+        .as_ref()
+        .unwrap()
+        .contains(&"/proc/driver/nvidia/params".to_string()));
+
+    let cache =
+        gpu_core::ldcache::parse(&std::fs::read(rootfs.join("etc/ld.so.cache")).unwrap()).unwrap();
+    let cuda: Vec<_> = cache.iter().filter(|x| x.key == "libcuda.so.1").collect();
+    assert_eq!(cuda.len(), 1);
+    assert_eq!(
+        cuda[0].value,
+        format!("/usr/lib/x86_64-linux-gnu/libcuda.so.{VERSION}")
+    );
+
+    // A rootfs whose /etc is a symlink out of the root is refused, nothing written outside.
+    let evil = e.host.dir.join("evil-rootfs");
+    let outside = e.host.dir.join("outside");
+    std::fs::create_dir_all(&evil).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, evil.join("etc")).unwrap();
+    let mut s = spec(&["NVIDIA_VISIBLE_DEVICES=0"], &[], false);
+    let err = e.injector.prepare(&mut s, &evil).unwrap_err().to_string();
+    assert!(err.contains("ld.so.cache"), "{err}");
+    assert!(std::fs::read_dir(&outside).unwrap().next().is_none());
+}
+
+#[test]
+fn fixed_inventory_seam() {
+    let e = env(Layout::Standard, 3);
+    let inv = Host::new(e.host.config().driver).inventory().unwrap();
+    let fixed = Injector::with_discovery(e.host.config(), Arc::new(Fixed(inv)));
+    let p = fixed
+        .plan(&spec(&["NVIDIA_VISIBLE_DEVICES=2"], &[], false), &debian())
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.selected, vec![e.host.uuids[2].clone()]);
+}
