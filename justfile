@@ -31,3 +31,8 @@ test: setup build
 lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
+
+# Prepare .gpu-bundle/ (Debian containerd/ctr/runc/Go shim + our release binaries) for a GPU host;
+# there, as root: bash scripts/gpu-acceptance.sh .gpu-bundle OUTDIR  → OUTDIR/report.md
+gpu-acceptance:
+    scripts/gpu-bundle.sh

@@ -1,7 +1,6 @@
 //! Just enough ELF to read a shared library's class and `DT_SONAME` (the name programs link
 //! against and `dlopen`), without running anything.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 const PT_LOAD: u32 = 1;
@@ -19,65 +18,75 @@ pub struct ElfInfo {
     pub soname: Option<String>,
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
-    wide: bool,
+/// Random access to the bytes of a file or a buffer.
+trait Source {
+    fn bytes(&self, off: u64, len: usize) -> Option<Vec<u8>>;
 }
 
-impl Reader<'_> {
-    fn uint(&self, off: usize, size: usize) -> Option<u64> {
-        let s = self.b.get(off..off.checked_add(size)?)?;
-        Some(match size {
-            2 => u64::from(u16::from_le_bytes(s.try_into().ok()?)),
-            4 => u64::from(u32::from_le_bytes(s.try_into().ok()?)),
-            _ => u64::from_le_bytes(s.try_into().ok()?),
-        })
-    }
-    fn word(&self, off: usize) -> Option<u64> {
-        self.uint(off, if self.wide { 8 } else { 4 })
+impl Source for &[u8] {
+    fn bytes(&self, off: u64, len: usize) -> Option<Vec<u8>> {
+        let off = usize::try_from(off).ok()?;
+        self.get(off..off.checked_add(len)?).map(<[u8]>::to_vec)
     }
 }
 
-/// Reads the ELF headers of `path`. Returns `None` for anything that is not a little-endian ELF
-/// shared object we can parse (the caller then skips the file).
+impl Source for std::fs::File {
+    fn bytes(&self, off: u64, len: usize) -> Option<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut b = vec![0u8; len];
+        self.read_exact_at(&mut b, off).ok()?;
+        Some(b)
+    }
+}
+
+fn uint(b: &[u8], off: usize, size: usize) -> Option<u64> {
+    let s = b.get(off..off.checked_add(size)?)?;
+    Some(match size {
+        2 => u64::from(u16::from_le_bytes(s.try_into().ok()?)),
+        4 => u64::from(u32::from_le_bytes(s.try_into().ok()?)),
+        _ => u64::from_le_bytes(s.try_into().ok()?),
+    })
+}
+
+/// Reads the ELF headers of `path` (only the headers, the dynamic section and one string are
+/// read, wherever they sit in the file). Returns `None` for anything that is not a
+/// little-endian ELF we can parse.
 pub fn read(path: &Path) -> Option<ElfInfo> {
-    let mut f = std::fs::File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
-    // Program headers and the dynamic section sit near the start, but the string table can be
-    // anywhere in the first loaded segment; cap what we read.
-    let want = len.min(4 << 20) as usize;
-    let mut b = vec![0u8; want];
-    f.seek(SeekFrom::Start(0)).ok()?;
-    f.read_exact(&mut b).ok()?;
-    parse(&b)
+    let f = std::fs::File::open(path).ok()?;
+    parse_from(&f)
 }
 
 /// Parses ELF bytes (see [`read`]).
 pub fn parse(b: &[u8]) -> Option<ElfInfo> {
-    if b.get(0..4)? != b"\x7fELF" || *b.get(5)? != 1 {
+    parse_from(&b)
+}
+
+fn parse_from(src: &impl Source) -> Option<ElfInfo> {
+    let h = src.bytes(0, 64).or_else(|| src.bytes(0, 52))?;
+    if h.get(0..4)? != b"\x7fELF" || *h.get(5)? != 1 {
         return None; // not ELF, or big-endian
     }
-    let wide = match b.get(4)? {
+    let wide = match h.get(4)? {
         1 => false,
         2 => true,
         _ => return None,
     };
-    let r = Reader { b, wide };
     let (phoff, phentsize, phnum) = if wide {
-        (r.uint(0x20, 8)?, r.uint(0x36, 2)?, r.uint(0x38, 2)?)
+        (uint(&h, 0x20, 8)?, uint(&h, 0x36, 2)?, uint(&h, 0x38, 2)?)
     } else {
-        (r.uint(0x1c, 4)?, r.uint(0x2a, 2)?, r.uint(0x2c, 2)?)
+        (uint(&h, 0x1c, 4)?, uint(&h, 0x2a, 2)?, uint(&h, 0x2c, 2)?)
     };
+    let ph_all = src.bytes(phoff, usize::try_from(phentsize * phnum).ok()?)?;
     let mut loads = Vec::new();
     let mut dynamic = None;
-    for i in 0..phnum {
-        let ph = usize::try_from(phoff + i * phentsize).ok()?;
-        let ptype = r.uint(ph, 4)? as u32;
+    for i in 0..phnum as usize {
+        let ph = i * phentsize as usize;
+        let ptype = uint(&ph_all, ph, 4)? as u32;
         // (p_offset, p_vaddr, p_filesz)
         let (off, vaddr, filesz) = if wide {
-            (r.uint(ph + 8, 8)?, r.uint(ph + 16, 8)?, r.uint(ph + 32, 8)?)
+            (uint(&ph_all, ph + 8, 8)?, uint(&ph_all, ph + 16, 8)?, uint(&ph_all, ph + 32, 8)?)
         } else {
-            (r.uint(ph + 4, 4)?, r.uint(ph + 8, 4)?, r.uint(ph + 16, 4)?)
+            (uint(&ph_all, ph + 4, 4)?, uint(&ph_all, ph + 8, 4)?, uint(&ph_all, ph + 16, 4)?)
         };
         match ptype {
             PT_LOAD => loads.push((off, vaddr, filesz)),
@@ -93,12 +102,13 @@ pub fn parse(b: &[u8]) -> Option<ElfInfo> {
         return Some(info);
     };
     let ent = if wide { 16 } else { 8 };
+    let word = ent / 2;
+    let dynamic = src.bytes(dyn_off, usize::try_from(dyn_size.min(1 << 20)).ok()?)?;
     let (mut strtab, mut soname) = (None, None);
-    let mut p = usize::try_from(dyn_off).ok()?;
-    let end = p.checked_add(usize::try_from(dyn_size).ok()?)?;
-    while p + ent <= end {
-        let tag = r.word(p)?;
-        let val = r.word(p + ent / 2)?;
+    let mut p = 0;
+    while p + ent <= dynamic.len() {
+        let tag = uint(&dynamic, p, word)?;
+        let val = uint(&dynamic, p + word, word)?;
         match tag {
             DT_NULL => break,
             DT_STRTAB => strtab = Some(val),
@@ -108,15 +118,21 @@ pub fn parse(b: &[u8]) -> Option<ElfInfo> {
         p += ent;
     }
     if let (Some(strtab), Some(name)) = (strtab, soname) {
-        // DT_STRTAB is a virtual address: map it to a file offset through the load segments.
-        let file_off = loads
+        // DT_STRTAB is a virtual address: map it to a file offset through the load segments. A
+        // name we cannot reach leaves the soname unknown, not the file.
+        info.soname = loads
             .iter()
             .find(|(_, va, sz)| strtab >= *va && strtab < va + sz)
-            .map(|(off, va, _)| strtab - va + off)?;
-        let start = usize::try_from(file_off.checked_add(name)?).ok()?;
-        let rest = b.get(start..)?;
-        let n = rest.iter().position(|c| *c == 0)?;
-        info.soname = Some(String::from_utf8_lossy(&rest[..n]).into_owned());
+            .map(|(off, va, _)| strtab - va + off)
+            .and_then(|file_off| file_off.checked_add(name))
+            .and_then(|start| {
+                // A soname is short; read a little and stop at its NUL.
+                (0..3).find_map(|k| src.bytes(start, 256 >> k))
+            })
+            .and_then(|rest| {
+                let n = rest.iter().position(|c| *c == 0)?;
+                Some(String::from_utf8_lossy(&rest[..n]).into_owned())
+            });
     }
     Some(info)
 }
@@ -138,6 +154,25 @@ mod tests {
         let info = read(libc).unwrap();
         assert!(info.is_64bit);
         assert_eq!(info.soname.as_deref(), Some("libc.so.6"));
+    }
+
+    #[test]
+    fn dynamic_section_far_into_a_large_library() {
+        // libcuda is ~100 MB with its dynamic section near the end: headers are read in place.
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("big.c");
+        std::fs::write(&src, "const char pad[8<<20] = {1};\nconst char *f(void){return pad;}\n").unwrap();
+        let lib = d.path().join("libbig.so.9");
+        let ok = std::process::Command::new("cc")
+            .args(["-shared", "-fPIC", "-Wl,-soname,libbig.so.1", "-o"])
+            .arg(&lib)
+            .arg(&src)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return; // no C compiler
+        }
+        assert_eq!(read(&lib).unwrap().soname.as_deref(), Some("libbig.so.1"));
     }
 
     #[test]

@@ -65,6 +65,19 @@ impl Root {
         .is_ok()
     }
 
+    /// The host path `rel` resolves to when every symlink is resolved relative to the root (an
+    /// absolute link inside a driver container's root points into that root, not the host).
+    pub fn real_path(&self, rel: &str) -> std::io::Result<std::path::PathBuf> {
+        let fd = openat2(
+            self.fd.as_raw_fd(),
+            rel.trim_start_matches('/'),
+            libc::O_PATH,
+            0,
+            libc::RESOLVE_IN_ROOT,
+        )?;
+        std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+    }
+
     /// Reads a regular file, refusing any symlink on the way.
     pub fn read(&self, rel: &str, limit: u64) -> std::io::Result<Vec<u8>> {
         let fd = openat2(

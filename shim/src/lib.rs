@@ -3,6 +3,7 @@
 //! `delete` are one-shot actions, serve mode runs the ttrpc task service.
 
 pub mod cgroup;
+pub mod cli;
 pub mod delete;
 pub mod errors;
 pub mod io;

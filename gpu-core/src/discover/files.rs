@@ -65,6 +65,7 @@ pub fn libraries(root: &Path, driver_version: &str) -> Vec<Library> {
             wanted.insert(format!("{p}.{driver_version}"), p);
         }
     }
+    let in_root = crate::inroot::Root::open(root).ok();
     let mut seen: BTreeSet<(String, bool)> = BTreeSet::new();
     let mut out = Vec::new();
     for dir in lib_dirs(root) {
@@ -79,14 +80,19 @@ pub fn libraries(root: &Path, driver_version: &str) -> Vec<Library> {
         names.sort();
         for name in names {
             let path = dir.join(&name);
-            // The versioned name may itself be a link; it must resolve to a regular file that stays
-            // inside the driver root.
-            let Ok(real) = std::fs::canonicalize(&path) else {
+            // The versioned name may itself be a link. Links are resolved inside the driver root
+            // first (a driver container's absolute links point into it); a root the operator
+            // configured may also link out of itself (e.g. into a package store), which is
+            // followed on the host. Either way the result must be a regular file.
+            let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
+            let real = in_root
+                .as_ref()
+                .and_then(|r| r.real_path(&rel).ok())
+                .filter(|p| p.is_file())
+                .or_else(|| std::fs::canonicalize(&path).ok());
+            let Some(real) = real.filter(|p| p.is_file()) else {
                 continue;
             };
-            if !real.starts_with(root) || !real.is_file() {
-                continue;
-            }
             let Some(info) = elf::read(&real) else {
                 continue;
             };

@@ -1,0 +1,279 @@
+#!/usr/bin/env bash
+# GPU acceptance suite for containerd-shim-nvidia-v2. Runs on any GPU host as root:
+#   bash scripts/gpu-acceptance.sh BUNDLE OUTDIR      (BUNDLE from `just gpu-acceptance`)
+# Starts a private containerd, builds a minimal glibc image from the host's own libraries and a
+# CUDA program compiled with nvcc, runs the checks through `ctr run --runtime
+# io.containerd.nvidia.v2`, measures start latency against containerd's Go runc shim, and writes
+# OUTDIR/report.md (plus logs). Env: DRIVER_ROOT (default /usr/local/nvidia if it has bin/, else /),
+# ITER (latency iterations, default 20).
+set -uo pipefail
+BUNDLE=$(realpath "$1")
+OUT=$(realpath -m "$2")
+HERE=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$OUT"
+W=/tmp/nvs-gpu
+rm -rf "$W"
+mkdir -p "$W/bin" "$W/cache"
+tar -C "$W/bin" -xJf "$BUNDLE/bins.tar.xz"
+export PATH="$W/bin:$PATH"
+if [ -z "${DRIVER_ROOT:-}" ]; then
+    if [ -x /usr/local/nvidia/bin/nvidia-smi ]; then DRIVER_ROOT=/usr/local/nvidia; else DRIVER_ROOT=/; fi
+fi
+HOST_SMI=$(command -v nvidia-smi || echo "$DRIVER_ROOT/bin/nvidia-smi")
+NVCC=$(command -v nvcc || ls /usr/local/cuda*/bin/nvcc 2>/dev/null | head -1)
+ITER=${ITER:-20}
+LOG="$OUT/log.txt"
+REPORT="$OUT/report.md"
+: >"$LOG"
+RESULTS=()
+FAILS=0
+log() { echo "$*" | tee -a "$LOG" >&2; }
+record() { # n name PASS|FAIL saw
+    RESULTS+=("| $1 | $2 | $3 | $4 |")
+    [ "$3" = PASS ] || FAILS=$((FAILS + 1))
+    log "check $1 ($2): $3 — $4"
+}
+oneline() { tr '\n' ' ' | sed 's/|/\//g; s/  */ /g' | cut -c1-300; }
+
+# --- containerd ------------------------------------------------------------------------------
+SOCK="$W/containerd.sock"
+NS=acceptance
+cat >"$W/containerd.toml" <<EOF
+version = 2
+root = "$W/root"
+state = "$W/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$SOCK"
+[ttrpc]
+  address = "$SOCK.ttrpc"
+EOF
+cat >"$W/shim.toml" <<EOF
+[driver]
+root = "$DRIVER_ROOT"
+cache_dir = "$W/cache"
+EOF
+# containerd passes its environment to shims: the shim finds its config through it.
+NVIDIA_SHIM_CONFIG="$W/shim.toml" setsid containerd --config "$W/containerd.toml" >"$W/containerd.log" 2>&1 &
+CTR=(ctr --address "$SOCK" --namespace "$NS")
+for _ in $(seq 100); do "${CTR[@]}" version >/dev/null 2>&1 && break; sleep 0.1; done
+log "containerd: $("${CTR[@]}" version 2>&1 | grep -m1 Version)"
+
+# --- image -----------------------------------------------------------------------------------
+R="$W/rootfs"
+mkdir -p "$R"/{bin,sbin,etc,tmp,proc,sys,dev,run,root,usr/bin,usr/local/stubs,lib64}
+cp "$W/bin/busybox" "$R/bin/busybox"
+for a in $("$R/bin/busybox" --list); do [ -e "$R/bin/$a" ] || ln -s busybox "$R/bin/$a"; done
+echo 'root:x:0:0:root:/root:/bin/sh' >"$R/etc/passwd"
+cp /etc/debian_version "$R/etc/debian_version" 2>/dev/null || echo 12.0 >"$R/etc/debian_version"
+"$NVCC" -O2 -arch=sm_90 -o "$R/usr/bin/cudacheck" "$HERE/gpu/cudacheck.cu" >>"$LOG" 2>&1 || log "nvcc failed"
+# The host's own glibc libraries that cudacheck and the injected nvidia-smi need.
+for f in $( (ldd "$R/usr/bin/cudacheck"; ldd "$HOST_SMI") | grep -o '/[^ ]*' | sort -u); do
+    mkdir -p "$R$(dirname "$f")"
+    cp -L "$f" "$R$f"
+done
+LDCONFIG=/sbin/ldconfig.real
+[ -x "$LDCONFIG" ] || LDCONFIG=/sbin/ldconfig
+cp "$LDCONFIG" "$R/sbin/ldconfig"
+cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$R/usr/local/stubs/libcuda.so.1" "$HERE/gpu/stub.c"
+MA=/lib/$(uname -m)-linux-gnu
+printf '/usr/local/stubs\n%s\n/usr%s\n' "$MA" "$MA" >"$R/etc/ld.so.conf"
+"$LDCONFIG" -r "$R"
+printf '%s\n/usr%s\n' "$MA" "$MA" >"$R/etc/ld.so.conf"
+log "image cache before injection: $("$LDCONFIG" -p -C "$R/etc/ld.so.cache" 2>/dev/null | grep libcuda | oneline)"
+
+pack_image() { # rootfs name tar
+    local L="$W/layout"
+    rm -rf "$L"
+    mkdir -p "$L/blobs/sha256"
+    tar --numeric-owner -C "$1" -cf "$W/layer.tar" .
+    local ld ls cd cs md ms
+    ld=$(sha256sum "$W/layer.tar" | cut -d' ' -f1)
+    ls=$(stat -c %s "$W/layer.tar")
+    mv "$W/layer.tar" "$L/blobs/sha256/$ld"
+    printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$ld" >"$W/c.json"
+    cd=$(sha256sum "$W/c.json" | cut -d' ' -f1)
+    cs=$(stat -c %s "$W/c.json")
+    mv "$W/c.json" "$L/blobs/sha256/$cd"
+    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' "$cd" "$cs" "$ld" "$ls" >"$W/m.json"
+    md=$(sha256sum "$W/m.json" | cut -d' ' -f1)
+    ms=$(stat -c %s "$W/m.json")
+    mv "$W/m.json" "$L/blobs/sha256/$md"
+    printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"io.containerd.image.name":"%s"}}]}' "$md" "$ms" "$2" >"$L/index.json"
+    echo '{"imageLayoutVersion":"1.0.0"}' >"$L/oci-layout"
+    tar -C "$L" -cf "$3" .
+}
+IMG=docker.io/library/gpu-acceptance:latest
+pack_image "$R" "$IMG" "$W/image.tar"
+SNAP=overlayfs
+"${CTR[@]}" images import "$W/image.tar" >>"$LOG" 2>&1
+if ! "${CTR[@]}" run --rm "$IMG" probe true >>"$LOG" 2>&1; then
+    SNAP=native
+    "${CTR[@]}" images import --snapshotter native "$W/image.tar" >>"$LOG" 2>&1
+fi
+log "snapshotter: $SNAP"
+
+run() { "${CTR[@]}" run --rm --snapshotter "$SNAP" --runtime io.containerd.nvidia.v2 "$@"; }
+gpu_nodes() { grep -oE '/dev/nvidia[0-9]+' | sort -u | oneline; }
+norm_bus() { tr 'A-F' 'a-f' | sed -E 's/^0*([0-9a-f]{4}:)/\1/'; }
+host_uuids=$("$HOST_SMI" -L | grep -oE 'GPU-[0-9a-f-]+' | sort | oneline)
+mapfile -t HU < <("$HOST_SMI" --query-gpu=uuid --format=csv,noheader)
+mapfile -t HMINOR < <(for u in "${HU[@]}"; do "$HOST_SMI" -q -i "$u" | awk -F: '/Minor Number/ {gsub(/ /,"",$2); print $2}'; done)
+log "host GPUs: $host_uuids (minors ${HMINOR[*]})"
+
+nvidia-shim --config "$W/shim.toml" list --env NVIDIA_VISIBLE_DEVICES=all >"$OUT/list.txt" 2>&1
+
+# 1. all: same UUIDs as the host, CUDA kernel verified.
+o=$(run --env NVIDIA_VISIBLE_DEVICES=all "$IMG" c1 sh -c 'nvidia-smi -L; cudacheck' 2>&1)
+echo "$o" >"$OUT/check1.txt"
+c_uuids=$(echo "$o" | grep -oE 'GPU-[0-9a-f-]+' | sort | oneline)
+if [ -n "$c_uuids" ] && [ "$c_uuids" = "$host_uuids" ] && echo "$o" | grep -q 'CUDA PASS'; then
+    record 1 "NVIDIA_VISIBLE_DEVICES=all" PASS "$(echo "$o" | grep -E 'GPU |CUDA' | oneline)"
+else record 1 "NVIDIA_VISIBLE_DEVICES=all" FAIL "$(echo "$o" | oneline)"; fi
+
+# 2. =0 and =GPU-<uuid>: exactly that GPU.
+for sel in 0 "${HU[-1]}"; do
+    if [ "$sel" = 0 ]; then want=${HU[0]}; wminor=${HMINOR[0]}; else want=$sel; wminor=${HMINOR[-1]}; fi
+    o=$(run --env NVIDIA_VISIBLE_DEVICES="$sel" "$IMG" c2 sh -c 'nvidia-smi -L; ls /dev/; cudacheck' 2>&1)
+    lines=$(echo "$o" | grep -c '^GPU ')
+    nodes=$(echo "$o" | grep -oE '^nvidia[0-9]+$' | oneline)
+    if [ "$lines" = 1 ] && echo "$o" | grep -q "$want" && [ "$nodes" = "nvidia$wminor " ] && echo "$o" | grep -q 'CUDA PASS'; then
+        record 2 "NVIDIA_VISIBLE_DEVICES=$sel" PASS "1 GPU listed ($want), nodes: $nodes, CUDA PASS"
+    else record 2 "NVIDIA_VISIBLE_DEVICES=$sel" FAIL "$(echo "$o" | oneline)"; fi
+done
+
+# 3. none: utilities without GPUs; void and unset: nothing at all.
+o=$(run --env NVIDIA_VISIBLE_DEVICES=none "$IMG" c3 sh -c 'ls /dev/ | grep nvidia; nvidia-smi; echo rc=$?' 2>&1)
+if ! echo "$o" | grep -qE '^nvidia[0-9]+$' && echo "$o" | grep -q 'nvidiactl' && echo "$o" | grep -qi 'no devices were found'; then
+    record 3 "NVIDIA_VISIBLE_DEVICES=none" PASS "$(echo "$o" | oneline)"
+else record 3 "NVIDIA_VISIBLE_DEVICES=none" FAIL "$(echo "$o" | oneline)"; fi
+for v in void unset; do
+    if [ $v = void ]; then e=(--env NVIDIA_VISIBLE_DEVICES=void); else e=(); fi
+    o=$(run "${e[@]}" "$IMG" c3$v sh -c 'ls /dev/ | grep -c nvidia; ls /usr/bin/nvidia-smi 2>&1; cudacheck' 2>&1)
+    if [ "$(echo "$o" | head -1)" = 0 ] && echo "$o" | grep -q 'No such file' && echo "$o" | grep -q 'CUDA FAIL'; then
+        record 3 "NVIDIA_VISIBLE_DEVICES $v" PASS "no nvidia nodes, no nvidia-smi, CUDA unavailable"
+    else record 3 "NVIDIA_VISIBLE_DEVICES $v" FAIL "$(echo "$o" | oneline)"; fi
+done
+
+# 4. utility only: nvidia-smi works, libcuda absent.
+o=$(run --env NVIDIA_VISIBLE_DEVICES=all --env NVIDIA_DRIVER_CAPABILITIES=utility "$IMG" c4 sh -c 'nvidia-smi -L; ls /usr/lib/*-linux-gnu/ | grep -c "^libcuda.so"' 2>&1)
+if echo "$o" | grep -q '^GPU ' && [ "$(echo "$o" | tail -1)" = 0 ]; then
+    record 4 "NVIDIA_DRIVER_CAPABILITIES=utility" PASS "$(echo "$o" | oneline)"
+else record 4 "NVIDIA_DRIVER_CAPABILITIES=utility" FAIL "$(echo "$o" | oneline)"; fi
+
+# 5. unmet requirement: refused, nothing left.
+o=$(run --env NVIDIA_VISIBLE_DEVICES=all --env 'NVIDIA_REQUIRE_CUDA=cuda>=99.0' "$IMG" c5 true 2>&1)
+rc=$?
+"${CTR[@]}" containers rm c5 >/dev/null 2>&1
+sleep 1
+left_tasks=$("${CTR[@]}" task ls -q | oneline)
+left_shims=$(pgrep -f "containerd-shim-nvidia-v2 .*-address $SOCK" | oneline)
+left_mounts=$(grep -c "$W/state" /proc/self/mountinfo)
+left_runc=$(runc --root /run/containerd/runc/$NS list -q 2>/dev/null | oneline)
+if [ $rc != 0 ] && echo "$o" | grep -q 'cuda>=99.0' && [ -z "$left_tasks$left_shims$left_runc" ] && [ "$left_mounts" = 0 ]; then
+    record 5 "NVIDIA_REQUIRE_CUDA=cuda>=99.0" PASS "refused: $(echo "$o" | grep -o 'nvidia: .*' | oneline); no task, shim, runc state or mount left"
+else record 5 "NVIDIA_REQUIRE_CUDA=cuda>=99.0" FAIL "rc=$rc out=$(echo "$o" | oneline) tasks=$left_tasks shims=$left_shims mounts=$left_mounts runc=$left_runc"; fi
+
+# 6. the image's cache maps libcuda.so.1 to a stale stub: the real driver library is used, also
+#    after an ldconfig inside the container.
+o=$(run --env NVIDIA_VISIBLE_DEVICES=all "$IMG" c6 sh -c 'ldconfig -p | grep "libcuda.so.1 "; cudacheck; ldconfig; cudacheck' 2>&1)
+echo "$o" >"$OUT/check6.txt"
+if echo "$o" | grep -q 'libcuda.so.1 .*=> /usr/lib/.*libcuda.so.[0-9]' && [ "$(echo "$o" | grep -c 'CUDA PASS')" = 2 ]; then
+    record 6 "stale libcuda stub in the image cache" PASS "$(echo "$o" | oneline)"
+else record 6 "stale libcuda stub in the image cache" FAIL "$(echo "$o" | oneline)"; fi
+
+# 7. a container without a request next to one with a request.
+"${CTR[@]}" run -d --snapshotter "$SNAP" --runtime io.containerd.nvidia.v2 --env NVIDIA_VISIBLE_DEVICES=all "$IMG" c7gpu sleep 60 >>"$LOG" 2>&1
+o=$(run "$IMG" c7plain sh -c 'ls /dev/ | grep -c nvidia; cudacheck' 2>&1)
+g=$("${CTR[@]}" task exec --exec-id x c7gpu cudacheck 2>&1)
+"${CTR[@]}" task kill -s SIGKILL c7gpu >/dev/null 2>&1
+sleep 0.5
+"${CTR[@]}" task delete c7gpu >/dev/null 2>&1
+"${CTR[@]}" containers rm c7gpu >/dev/null 2>&1
+if [ "$(echo "$o" | head -1)" = 0 ] && echo "$o" | grep -q 'CUDA FAIL' && echo "$g" | grep -q 'CUDA PASS'; then
+    record 7 "no request next to a GPU container" PASS "plain: $(echo "$o" | oneline); GPU neighbour: $(echo "$g" | oneline)"
+else record 7 "no request next to a GPU container" FAIL "plain: $(echo "$o" | oneline); gpu: $(echo "$g" | oneline)"; fi
+
+# 8. eight GPU containers at once.
+pids=()
+for i in $(seq 8); do
+    run --env NVIDIA_VISIBLE_DEVICES=all "$IMG" p$i cudacheck >"$W/p$i.out" 2>&1 &
+    pids+=($!)
+done
+wait "${pids[@]}"
+n=$(cat "$W"/p*.out | grep -c 'CUDA PASS')
+if [ "$n" = 8 ]; then record 8 "8 GPU containers at once" PASS "8/8 CUDA PASS"
+else record 8 "8 GPU containers at once" FAIL "$n/8: $(cat "$W"/p*.out | oneline)"; fi
+
+# 9. nvidia-shim info matches nvidia-smi.
+info=$(nvidia-shim --config "$W/shim.toml" info --json 2>&1)
+echo "$info" >"$OUT/info.json"
+nvidia-shim --config "$W/shim.toml" info >"$OUT/info.txt" 2>&1
+smi=$("$HOST_SMI" --query-gpu=driver_version,uuid,pci.bus_id --format=csv,noheader)
+ok=1
+while IFS=', ' read -r dv uuid bus; do
+    bus=$(echo "$bus" | norm_bus)
+    echo "$info" | grep -q "\"driver_version\": \"$dv\"" || ok=0
+    echo "$info" | grep -q "\"uuid\": \"$uuid\"" || ok=0
+    echo "$info" | grep -q "\"pci_bus_id\": \"$bus\"" || ok=0
+done <<<"$smi"
+if [ $ok = 1 ]; then record 9 "nvidia-shim info vs nvidia-smi" PASS "$(head -3 "$OUT/info.txt" | oneline) | smi: $(echo "$smi" | oneline)"
+else record 9 "nvidia-shim info vs nvidia-smi" FAIL "info: $(echo "$info" | head -c 400 | oneline) smi: $(echo "$smi" | oneline)"; fi
+
+# --- latency -----------------------------------------------------------------------------------
+ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1; e=$(date +%s%N); echo $(((e - s) / 1000)); }
+: >"$W/a"; : >"$W/b"; : >"$W/c"
+for i in $(seq "$ITER"); do
+    ms "${CTR[@]}" run --rm --snapshotter "$SNAP" --runtime io.containerd.runc.v2 "$IMG" la$i true >>"$W/a"
+    ms run "$IMG" lb$i true >>"$W/b"
+    ms run --env NVIDIA_VISIBLE_DEVICES=all "$IMG" lc$i true >>"$W/c"
+done
+median() { sort -n "$1" | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print int((a[NR/2]+a[NR/2+1])/2)}'; }
+ma=$(median "$W/a"); mb=$(median "$W/b"); mc=$(median "$W/c")
+ratio=$(awk -v c="$mc" -v a="$ma" 'BEGIN {printf "%.3f", c/a}')
+ratio_b=$(awk -v b="$mb" -v a="$ma" 'BEGIN {printf "%.3f", b/a}')
+
+# Shim memory: one running container each.
+rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+"${CTR[@]}" run -d --snapshotter "$SNAP" --runtime io.containerd.runc.v2 "$IMG" ma sleep 60 >/dev/null 2>&1
+"${CTR[@]}" run -d --snapshotter "$SNAP" --runtime io.containerd.nvidia.v2 --env NVIDIA_VISIBLE_DEVICES=all "$IMG" mb sleep 60 >/dev/null 2>&1
+sleep 1
+go_rss=$(rss "$(pgrep -f "containerd-shim-runc-v2 .*-id ma" | head -1)")
+our_rss=$(rss "$(pgrep -f "containerd-shim-nvidia-v2 .*-id mb" | head -1)")
+for c in ma mb; do "${CTR[@]}" task kill -s SIGKILL $c >/dev/null 2>&1; done
+sleep 0.5
+for c in ma mb; do "${CTR[@]}" task delete $c >/dev/null 2>&1; "${CTR[@]}" containers rm $c >/dev/null 2>&1; done
+
+# --- report ------------------------------------------------------------------------------------
+gpu_model=$("$HOST_SMI" --query-gpu=name --format=csv,noheader | sort | uniq -c | oneline)
+driver=$("$HOST_SMI" --query-gpu=driver_version --format=csv,noheader | head -1)
+{
+    echo "# GPU acceptance run"
+    echo
+    echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "- GPU: $gpu_model"
+    echo "- Driver: $driver (root \`$DRIVER_ROOT\`), CUDA compiler: $("$NVCC" --version | grep -o 'release [0-9.]*')"
+    echo "- Host: $(. /etc/os-release && echo "$PRETTY_NAME"), kernel $(uname -r), cgroup $(stat -fc %T /sys/fs/cgroup)"
+    echo "- containerd $("${CTR[@]}" version | awk '/Version/ {print $2; exit}'), runc $(runc --version | awk 'NR==1 {print $3}'), snapshotter $SNAP"
+    echo "- Result: $((${#RESULTS[@]} - FAILS))/${#RESULTS[@]} checks pass"
+    echo
+    echo "| # | check | result | what it saw |"
+    echo "|---|---|---|---|"
+    printf '%s\n' "${RESULTS[@]}"
+    echo
+    echo "## Start latency: median \`ctr run --rm … true\`, $ITER interleaved iterations each"
+    echo
+    echo "| runtime | median (ms) | vs Go runc shim |"
+    echo "|---|---|---|"
+    echo "| (a) containerd-shim-runc-v2 (Go), no GPU | $((ma / 1000)).$(printf %03d $((ma % 1000))) | 1.000 |"
+    echo "| (b) containerd-shim-nvidia-v2, no GPU | $((mb / 1000)).$(printf %03d $((mb % 1000))) | $ratio_b |"
+    echo "| (c) containerd-shim-nvidia-v2, NVIDIA_VISIBLE_DEVICES=all | $((mc / 1000)).$(printf %03d $((mc % 1000))) | $ratio |"
+    echo
+    echo "Target (c)/(a) ≤ 1.03: $(awk -v r="$ratio" 'BEGIN {print (r <= 1.03) ? "met" : "NOT met"}') ($ratio)."
+    echo
+    echo "Shim RSS with one running container: Go runc shim ${go_rss:-?} KiB, ours (GPU container) ${our_rss:-?} KiB."
+} >"$REPORT"
+cat "$REPORT"
+cp "$W/containerd.log" "$OUT/containerd.log" 2>/dev/null
+pkill -f "containerd --config $W/containerd.toml"
+exit $((FAILS > 0))

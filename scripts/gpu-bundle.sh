@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Prepares .gpu-bundle/, the one folder a GPU host needs for scripts/gpu-acceptance.sh:
+# containerd, ctr, runc and the Go runc shim extracted from Debian's packages, busybox-static,
+# and this repo's release binaries, packed as bins.tar.xz.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=.gpu-bundle
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$out" "$work/debs" "$work/x" "$work/bin"
+cargo build --release -p containerd-shim-nvidia-v2 --bins
+(cd "$work/debs" && apt-get download -q containerd runc busybox-static >/dev/null)
+for d in "$work"/debs/*.deb; do dpkg -x "$d" "$work/x"; done
+cp "$work"/x/usr/bin/{containerd,ctr,containerd-shim-runc-v2} "$work/x/usr/sbin/runc" "$work/x/bin/busybox" "$work/bin/"
+cp target/release/{containerd-shim-nvidia-v2,nvidia-shim} "$work/bin/"
+tar -C "$work/bin" -cf - . | xz -T0 -6 > "$out/bins.tar.xz"
+ls -la "$out"
+echo "bundle ready: carry .gpu-bundle and run: bash scripts/gpu-acceptance.sh .gpu-bundle \$OUT"

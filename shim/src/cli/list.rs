@@ -1,0 +1,94 @@
+//! `nvidia-shim list`: what a container with a given request would receive, without running one.
+
+use gpu_core::plan::ImageLayout;
+use gpu_core::{Injector, Plan};
+use serde_json::json;
+
+use super::{load_config, Args, CliError, CliResult};
+
+fn spec_for(env: &[String], annotations: &[String]) -> Result<oci_spec::runtime::Spec, CliError> {
+    let mut ann = serde_json::Map::new();
+    for a in annotations {
+        let (k, v) = a
+            .split_once('=')
+            .ok_or_else(|| CliError::usage(format!("--annotation {a:?} is not K=V")))?;
+        ann.insert(k.into(), v.into());
+    }
+    for e in env {
+        if !e.contains('=') {
+            return Err(CliError::usage(format!("--env {e:?} is not K=V")));
+        }
+    }
+    serde_json::from_value(json!({
+        "ociVersion": "1.0.2",
+        "process": {"cwd": "/", "args": ["sh"], "env": env, "user": {"uid": 0, "gid": 0}},
+        "root": {"path": "rootfs"},
+        "annotations": ann,
+    }))
+    .map_err(|e| CliError::failed(e.to_string()))
+}
+
+/// The plan as JSON.
+pub fn to_json(p: &Plan) -> serde_json::Value {
+    json!({
+        "selected": p.selected,
+        "devices": p.devices.iter().map(|d| json!({"path": d.path, "major": d.major, "minor": d.minor, "mode": format!("{:o}", d.mode)})).collect::<Vec<_>>(),
+        "mounts": p.mounts.iter().map(|m| json!({"source": m.source, "destination": m.destination, "options": m.options})).collect::<Vec<_>>(),
+        "env": p.env,
+        "maskedPaths": p.masked_paths,
+        "ldCache": p.ld_entries.iter().map(|e| json!({"name": e.key, "path": e.value})).collect::<Vec<_>>(),
+    })
+}
+
+/// Runs `list`.
+pub fn run(args: &mut Args) -> CliResult {
+    let json = args.take_flag("--json");
+    let mut env = args.take_values("--env")?;
+    let annotations = args.take_values("--annotation")?;
+    args.done()?;
+    if !env.iter().any(|e| e.starts_with("NVIDIA_VISIBLE_DEVICES=")) && annotations.is_empty() {
+        env.push("NVIDIA_VISIBLE_DEVICES=all".into());
+    }
+    let (cfg, _) = load_config(args.config.as_ref())?;
+    let injector = Injector::new(cfg);
+    let layout = ImageLayout {
+        libdir: format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH),
+        libdir32: "/usr/lib/i386-linux-gnu".into(),
+    };
+    let plan = injector
+        .plan(&spec_for(&env, &annotations)?, &layout)
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    let Some(plan) = plan else {
+        if json {
+            println!("null");
+        } else {
+            println!("no GPU request: the container gets nothing");
+        }
+        return Ok(());
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&plan)).unwrap_or_default());
+        return Ok(());
+    }
+    println!("Selected: {}", if plan.selected.is_empty() { "(no GPUs)".into() } else { plan.selected.join(", ") });
+    println!("Device nodes:");
+    for d in &plan.devices {
+        println!("  {} (c {}:{}, mode {:o})", d.path, d.major, d.minor, d.mode);
+    }
+    println!("Mounts (read-only binds unless noted):");
+    for m in &plan.mounts {
+        println!("  {} <- {} [{}]", m.destination, m.source.display(), m.options.join(","));
+    }
+    if !plan.env.is_empty() {
+        println!("Env:");
+        for e in &plan.env {
+            println!("  {e}");
+        }
+    }
+    println!("Masked: {}", plan.masked_paths.join(", "));
+    println!("Loader cache entries (written to the container's /etc/ld.so.cache):");
+    for e in &plan.ld_entries {
+        println!("  {} => {}", e.key, e.value);
+    }
+    Ok(())
+}
