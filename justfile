@@ -36,3 +36,10 @@ lint:
 # there, as root: bash scripts/gpu-acceptance.sh .gpu-bundle OUTDIR  → OUTDIR/report.md
 gpu-acceptance:
     scripts/gpu-bundle.sh
+
+# Benchmarks (not tests): our shim vs containerd's Go runc shim under one containerd, release
+# build; then gpu-core's planning benchmark. ITER = latency iterations per variant.
+bench ITER="30": setup
+    cargo build --release --workspace --bins
+    NVIDIA_SHIM_BIN_DIR=target/release cargo run -q --release -p integration --bin bench -- {{ITER}}
+    cargo bench -p gpu-core --bench plan -- --noplot

@@ -326,6 +326,29 @@ fn add_edits(name: &str, e: &Edits, plan: &mut Plan) -> Result<(), GpuError> {
             destination: m.container_path.clone(),
             options,
         });
+        // A shared library mounted by a CDI spec resolves like an injected one: its soname goes
+        // into the container's loader cache (specs from hook-based generators expect a hook to
+        // run ldconfig; we never run one).
+        let base = Path::new(&m.container_path)
+            .file_name()
+            .map(|b| b.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if base.starts_with("lib") && base.contains(".so") {
+            if let Some(info) = crate::elf::read(Path::new(&m.host_path)) {
+                if let Some(so) = info.soname {
+                    let flags = if info.is_64bit {
+                        crate::ldcache::FLAGS_LIB64
+                    } else {
+                        crate::ldcache::FLAGS_LIB32
+                    };
+                    plan.ld_entries.push(crate::ldcache::Entry::new(
+                        flags,
+                        so,
+                        m.container_path.clone(),
+                    ));
+                }
+            }
+        }
     }
     plan.additional_gids
         .extend(e.additional_gids.iter().filter(|g| **g != 0));

@@ -84,9 +84,17 @@ fn parse_from(src: &impl Source) -> Option<ElfInfo> {
         let ptype = uint(&ph_all, ph, 4)? as u32;
         // (p_offset, p_vaddr, p_filesz)
         let (off, vaddr, filesz) = if wide {
-            (uint(&ph_all, ph + 8, 8)?, uint(&ph_all, ph + 16, 8)?, uint(&ph_all, ph + 32, 8)?)
+            (
+                uint(&ph_all, ph + 8, 8)?,
+                uint(&ph_all, ph + 16, 8)?,
+                uint(&ph_all, ph + 32, 8)?,
+            )
         } else {
-            (uint(&ph_all, ph + 4, 4)?, uint(&ph_all, ph + 8, 4)?, uint(&ph_all, ph + 16, 4)?)
+            (
+                uint(&ph_all, ph + 4, 4)?,
+                uint(&ph_all, ph + 8, 4)?,
+                uint(&ph_all, ph + 16, 4)?,
+            )
         };
         match ptype {
             PT_LOAD => loads.push((off, vaddr, filesz)),
@@ -161,7 +169,11 @@ mod tests {
         // libcuda is ~100 MB with its dynamic section near the end: headers are read in place.
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("big.c");
-        std::fs::write(&src, "const char pad[8<<20] = {1};\nconst char *f(void){return pad;}\n").unwrap();
+        std::fs::write(
+            &src,
+            "const char pad[8<<20] = {1};\nconst char *f(void){return pad;}\n",
+        )
+        .unwrap();
         let lib = d.path().join("libbig.so.9");
         let ok = std::process::Command::new("cc")
             .args(["-shared", "-fPIC", "-Wl,-soname,libbig.so.1", "-o"])

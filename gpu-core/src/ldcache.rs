@@ -239,7 +239,11 @@ pub fn merge(existing: Vec<Entry>, ours: &[Entry]) -> Vec<Entry> {
         .into_iter()
         .filter(|e| !ours.iter().any(|o| o.key == e.key && o.flags == e.flags))
         .collect();
-    out.extend_from_slice(ours);
+    for o in ours {
+        if !out.iter().any(|e| e.key == o.key && e.flags == o.flags) {
+            out.push(o.clone());
+        }
+    }
     out
 }
 

@@ -237,3 +237,44 @@ fn refusals_name_the_problem_and_leave_nothing() -> Result<()> {
     let _ = g.c.ctr(&["containers", "rm", "bad-cap"]);
     g.c.assert_clean()
 }
+
+#[test]
+fn generated_cdi_spec_injects_through_an_annotation() -> Result<()> {
+    let mut g = setup()?;
+    let cdi = g.host.dir.join("cdi");
+    std::fs::create_dir_all(&cdi)?;
+    let out = std::process::Command::new(integration::bin_dir().join("nvidia-shim"))
+        .args(["--config", &g.config, "cdi", "generate", "--output"])
+        .arg(cdi.join("nvidia.yaml"))
+        .output()?;
+    ensure!(out.status.success(), "{out:?}");
+    let out = g.run(
+        "cdi1",
+        &[],
+        &["--annotation", "cdi.k8s.io/test=nvidia.com/gpu=1"],
+        "ls /dev/nvidia*; dlcheck libcuda.so.1",
+    )?;
+    let text = stdout(&out);
+    ensure!(out.status.success(), "{out:?}");
+    ensure!(
+        text.contains("/dev/nvidia1") && !text.contains("/dev/nvidia0"),
+        "{text}"
+    );
+    ensure!(
+        text.contains(&format!("libcuda.so.1 -> real libcuda.so {VERSION}")),
+        "{text}"
+    );
+
+    let out = g.run(
+        "cdi2",
+        &[],
+        &["--annotation", "cdi.k8s.io/test=nvidia.com/gpu=5"],
+        "true",
+    )?;
+    ensure!(
+        stderr(&out).contains("unresolvable CDI devices nvidia.com/gpu=5"),
+        "{out:?}"
+    );
+    let _ = g.c.ctr(&["containers", "rm", "cdi2"]);
+    g.c.assert_clean()
+}

@@ -84,7 +84,11 @@ pub fn libraries(root: &Path, driver_version: &str) -> Vec<Library> {
             // first (a driver container's absolute links point into it); a root the operator
             // configured may also link out of itself (e.g. into a package store), which is
             // followed on the host. Either way the result must be a regular file.
-            let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .into_owned();
             let real = in_root
                 .as_ref()
                 .and_then(|r| r.real_path(&rel).ok())

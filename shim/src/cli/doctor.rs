@@ -1,8 +1,223 @@
-//! `nvidia-shim doctor` (not yet implemented).
+//! `nvidia-shim doctor`: checks a host end to end and says how to fix what is wrong; `--fix`
+//! creates the `/dev/char/<major>:<minor>` links that systemd-managed device cgroups need.
 
-use super::{Args, CliError, CliResult};
+use std::path::{Path, PathBuf};
+
+use gpu_core::discover::{Discovery, Host};
+use gpu_core::inventory::DeviceNode;
+use serde_json::json;
+
+use super::configure::{DEFAULT_CONTAINERD_CONFIG, RUNTIME_NAME, RUNTIME_TYPE};
+use super::{load_config, Args, CliError, CliResult};
+
+struct Check {
+    name: String,
+    ok: bool,
+    detail: String,
+    fix: Option<String>,
+}
+
+fn on_path(bin: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
+fn char_link(dev_root: &Path, n: &DeviceNode) -> (PathBuf, PathBuf) {
+    let link = dev_root.join(format!("dev/char/{}:{}", n.major, n.minor));
+    let target = PathBuf::from(format!("..{}", n.path.trim_start_matches("/dev")));
+    (link, target)
+}
 
 /// Runs `doctor`.
-pub fn run(_args: &mut Args) -> CliResult {
-    Err(CliError::failed("doctor is not implemented yet"))
+pub fn run(args: &mut Args) -> CliResult {
+    let fix = args.take_flag("--fix");
+    let json_out = args.take_flag("--json");
+    let containerd_config = PathBuf::from(
+        args.take_value("--containerd-config")?
+            .unwrap_or_else(|| DEFAULT_CONTAINERD_CONFIG.into()),
+    );
+    args.done()?;
+    let mut checks = Vec::new();
+    let (cfg, source) = load_config(args.config.as_ref())?;
+    checks.push(Check {
+        name: "shim config".into(),
+        ok: true,
+        detail: source,
+        fix: None,
+    });
+
+    match Host::new(cfg.driver.clone()).inventory() {
+        Err(e) => checks.push(Check {
+            name: "driver".into(),
+            ok: false,
+            detail: e.to_string(),
+            fix: Some(format!(
+                "load the NVIDIA kernel module, or set [driver] root/proc_root (now {} / {})",
+                cfg.driver.root.display(),
+                cfg.driver.proc_root.display()
+            )),
+        }),
+        Ok(inv) => {
+            let has = |p: &str| inv.libraries.iter().any(|l| l.prefix == p);
+            let libs_ok = has("libcuda.so") && has("libnvidia-ml.so");
+            checks.push(Check {
+                name: "driver".into(),
+                ok: libs_ok,
+                detail: format!(
+                    "version {}, CUDA {}, {} GPU(s), {} libraries under {}",
+                    inv.driver_version,
+                    inv.cuda_version.as_deref().unwrap_or("unknown"),
+                    inv.gpus.len(),
+                    inv.libraries.len(),
+                    cfg.driver.root.display()
+                ),
+                fix: (!libs_ok).then(|| {
+                    format!(
+                        "libcuda/libnvidia-ml {} not found under {}: set [driver] root to the driver's install root",
+                        inv.driver_version,
+                        cfg.driver.root.display()
+                    )
+                }),
+            });
+            let mut nodes: Vec<DeviceNode> = inv.control_nodes.clone();
+            nodes.extend(inv.gpus.iter().map(|g| g.node.clone()));
+            let missing: Vec<&str> = nodes
+                .iter()
+                .filter(|n| {
+                    !cfg.driver
+                        .dev_root
+                        .join(n.path.trim_start_matches('/'))
+                        .exists()
+                })
+                .map(|n| n.path.as_str())
+                .collect();
+            checks.push(Check {
+                name: "device nodes".into(),
+                ok: missing.is_empty(),
+                detail: if missing.is_empty() {
+                    format!("{} present", nodes.len())
+                } else {
+                    format!("missing: {}", missing.join(", "))
+                },
+                fix: (!missing.is_empty()).then(|| {
+                    "run nvidia-modprobe -u -c=0 (or start nvidia-persistenced) to create them; containers get them from the spec anyway".to_string()
+                }),
+            });
+            let mut absent = Vec::new();
+            for n in nodes.iter().filter(|n| {
+                cfg.driver
+                    .dev_root
+                    .join(n.path.trim_start_matches('/'))
+                    .exists()
+            }) {
+                let (link, target) = char_link(&cfg.driver.dev_root, n);
+                if std::fs::symlink_metadata(&link).is_err() {
+                    if fix {
+                        if let Some(d) = link.parent() {
+                            let _ = std::fs::create_dir_all(d);
+                        }
+                        if let Err(e) = std::os::unix::fs::symlink(&target, &link) {
+                            absent.push(format!("{} ({e})", link.display()));
+                        }
+                    } else {
+                        absent.push(link.display().to_string());
+                    }
+                }
+            }
+            checks.push(Check {
+                name: "/dev/char links".into(),
+                ok: absent.is_empty(),
+                detail: if absent.is_empty() {
+                    "present for every NVIDIA node".into()
+                } else {
+                    format!("missing: {}", absent.join(", "))
+                },
+                fix: (!absent.is_empty()).then(|| {
+                    "run `nvidia-shim doctor --fix` (systemd's device cgroup rules need them)"
+                        .into()
+                }),
+            });
+        }
+    }
+
+    let runc = if Path::new(&cfg.runc.binary).is_absolute() {
+        Some(PathBuf::from(&cfg.runc.binary)).filter(|p| p.is_file())
+    } else {
+        on_path(&cfg.runc.binary)
+    };
+    checks.push(Check {
+        name: "runc".into(),
+        ok: runc.is_some(),
+        detail: runc
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| format!("{:?} not found", cfg.runc.binary)),
+        fix: runc
+            .is_none()
+            .then(|| "install runc or set [runc] binary".into()),
+    });
+    let shim = on_path("containerd-shim-nvidia-v2");
+    checks.push(Check {
+        name: "shim on PATH".into(),
+        ok: shim.is_some(),
+        detail: shim
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "containerd-shim-nvidia-v2 not found on PATH".into()),
+        fix: shim
+            .is_none()
+            .then(|| "install -m 755 containerd-shim-nvidia-v2 /usr/local/bin/".into()),
+    });
+    let text = std::fs::read_to_string(&containerd_config).unwrap_or_default();
+    let configured =
+        text.contains(RUNTIME_TYPE) && text.contains(&format!("runtimes.{RUNTIME_NAME}"));
+    checks.push(Check {
+        name: "containerd config".into(),
+        ok: configured,
+        detail: format!(
+            "{}: runtime {RUNTIME_NAME:?} {}",
+            containerd_config.display(),
+            if configured {
+                "configured"
+            } else {
+                "not configured"
+            }
+        ),
+        fix: (!configured).then(|| {
+            format!(
+                "nvidia-shim containerd configure --config {}",
+                containerd_config.display()
+            )
+        }),
+    });
+
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if json_out {
+        let v: Vec<_> = checks
+            .iter()
+            .map(|c| json!({"check": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"ok": failed == 0, "checks": v}))
+                .unwrap_or_default()
+        );
+    } else {
+        for c in &checks {
+            println!(
+                "[{}] {}: {}",
+                if c.ok { " ok " } else { "FAIL" },
+                c.name,
+                c.detail
+            );
+            if let Some(f) = &c.fix {
+                println!("       fix: {f}");
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(CliError::failed(format!("{failed} check(s) failed")));
+    }
+    Ok(())
 }

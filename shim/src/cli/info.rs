@@ -56,9 +56,13 @@ pub fn run(args: &mut Args) -> CliResult {
     let (cfg, _) = load_config(args.config.as_ref())?;
     let host = Host::new(cfg.driver.clone());
     let inv = if refresh {
-        std::sync::Arc::new(host.discover_now().map_err(|e| CliError::failed(e.to_string()))?)
+        std::sync::Arc::new(
+            host.discover_now()
+                .map_err(|e| CliError::failed(e.to_string()))?,
+        )
     } else {
-        host.inventory().map_err(|e| CliError::failed(e.to_string()))?
+        host.inventory()
+            .map_err(|e| CliError::failed(e.to_string()))?
     };
     if json {
         println!(

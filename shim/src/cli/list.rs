@@ -67,17 +67,35 @@ pub fn run(args: &mut Args) -> CliResult {
         return Ok(());
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&plan)).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&to_json(&plan)).unwrap_or_default()
+        );
         return Ok(());
     }
-    println!("Selected: {}", if plan.selected.is_empty() { "(no GPUs)".into() } else { plan.selected.join(", ") });
+    println!(
+        "Selected: {}",
+        if plan.selected.is_empty() {
+            "(no GPUs)".into()
+        } else {
+            plan.selected.join(", ")
+        }
+    );
     println!("Device nodes:");
     for d in &plan.devices {
-        println!("  {} (c {}:{}, mode {:o})", d.path, d.major, d.minor, d.mode);
+        println!(
+            "  {} (c {}:{}, mode {:o})",
+            d.path, d.major, d.minor, d.mode
+        );
     }
     println!("Mounts (read-only binds unless noted):");
     for m in &plan.mounts {
-        println!("  {} <- {} [{}]", m.destination, m.source.display(), m.options.join(","));
+        println!(
+            "  {} <- {} [{}]",
+            m.destination,
+            m.source.display(),
+            m.options.join(",")
+        );
     }
     if !plan.env.is_empty() {
         println!("Env:");

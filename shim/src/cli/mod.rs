@@ -55,7 +55,7 @@ USAGE:
   nvidia-shim [--config FILE] info [--json] [--refresh]
   nvidia-shim [--config FILE] list [--env K=V]... [--annotation K=V]... [--json]
   nvidia-shim [--config FILE] cdi generate [--output FILE] [--format yaml|json]
-  nvidia-shim containerd configure [--config PATH] [--set-default] [--dry-run]
+  nvidia-shim containerd configure [--config PATH] [--shim-config FILE] [--set-default] [--dry-run]
   nvidia-shim containerd unconfigure [--config PATH] [--dry-run]
   nvidia-shim [--config FILE] doctor [--fix] [--json]
 
@@ -135,12 +135,28 @@ pub fn main(argv: Vec<String>) -> i32 {
         rest: argv,
     };
     let r = (|| -> CliResult {
-        args.config = args.take_value("--config")?.map(PathBuf::from);
+        // `--config` before the command is the shim config; after `containerd` it names
+        // containerd's own config file, elsewhere it is the shim config again.
+        while args.rest.first().is_some_and(|a| a.starts_with("--config")) {
+            let mut head = Args {
+                config: None,
+                rest: args.rest.drain(..1).collect(),
+            };
+            if head.rest[0] == "--config" && !args.rest.is_empty() {
+                head.rest.push(args.rest.remove(0));
+            }
+            args.config = head.take_value("--config")?.map(PathBuf::from);
+        }
         if args.take_flag("--help") || args.take_flag("-h") || args.rest.is_empty() {
             print!("{USAGE}");
             return Ok(());
         }
         let cmd = args.rest.remove(0);
+        if cmd != "containerd" {
+            if let Some(c) = args.take_value("--config")? {
+                args.config = Some(PathBuf::from(c));
+            }
+        }
         match cmd.as_str() {
             "info" => info::run(&mut args),
             "list" => list::run(&mut args),
