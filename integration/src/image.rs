@@ -169,7 +169,16 @@ pub fn glibc_rootfs(root: &Path) -> Result<()> {
     fs::create_dir_all(root.join("usr/local/stubs"))?;
     fs::create_dir_all(root.join(format!("usr/lib/{triple}")))?;
     let host_lib = Path::new("/lib").join(&triple);
-    for f in ["libc.so.6", "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1"] {
+    // libc and the loader for dlcheck; libm, libpthread, libdl and librt for a real nvidia-smi.
+    for f in [
+        "libc.so.6",
+        "libm.so.6",
+        "libpthread.so.0",
+        "libdl.so.2",
+        "librt.so.1",
+        "ld-linux-x86-64.so.2",
+        "ld-linux-aarch64.so.1",
+    ] {
         if host_lib.join(f).exists() {
             fs::copy(host_lib.join(f), libdir.join(f))?;
             if f.starts_with("ld-linux") {

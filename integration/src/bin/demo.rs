@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
+use gpu_core::fixture::{FakeHost, Layout};
 use integration::{stdout, Containerd};
 
 fn step(title: &str) {
@@ -77,8 +78,84 @@ fn main() -> Result<()> {
         println!("{line}");
     }
 
+    gpu_demo(&mut c)?;
+
     step("nothing left behind");
     c.assert_clean()?;
     println!("no shim process, no shim socket, no runc state, no mount");
+    Ok(())
+}
+
+fn show(out: &std::process::Output) {
+    print!("{}", stdout(out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !err.trim().is_empty() {
+        println!("stderr: {}", err.trim());
+    }
+}
+
+/// A GPU container: on the real driver when this machine has one, else on a simulated host.
+fn gpu_demo(c: &mut Containerd) -> Result<()> {
+    integration::image::import_glibc(c)?;
+    let img = integration::image::GLIBC_IMAGE;
+    let real = std::path::Path::new("/proc/driver/nvidia/version").exists();
+    let _host_dir;
+    let config = if real {
+        step("GPU container on this machine's real NVIDIA driver");
+        None
+    } else {
+        step("GPU container on a SIMULATED driver host (this machine has no NVIDIA GPU)");
+        _host_dir = tempfile::Builder::new()
+            .prefix("nvdemo-")
+            .tempdir_in("/tmp")?;
+        let host = FakeHost::build(_host_dir.path(), Layout::Gke, 2)?;
+        println!(
+            "fake driver {} in GKE layout at {} (tiny ELF libraries with the real sonames, fake procfs, 2 GPUs)",
+            gpu_core::fixture::VERSION,
+            host.root.display()
+        );
+        let cfg = _host_dir.path().join("shim.toml");
+        std::fs::write(&cfg, host.config_toml())?;
+        Some(cfg.display().to_string())
+    };
+    let mut opts: Vec<String> = vec!["--rm".into()];
+    if let Some(cfg) = &config {
+        opts.extend(["--runtime-config-path".into(), cfg.clone()]);
+    }
+    let with = |extra: &[&str]| -> Vec<String> {
+        let mut o = opts.clone();
+        o.extend(extra.iter().map(|s| s.to_string()));
+        o
+    };
+    let args = with(&["--env", "NVIDIA_VISIBLE_DEVICES=1"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    println!("$ ctr run --runtime io.containerd.nvidia.v2 --env NVIDIA_VISIBLE_DEVICES=1 … (image with a stale libcuda stub in its ld.so.cache)");
+    let out = c.run_image(
+        img,
+        &args,
+        "demo-gpu",
+        &[
+            "sh",
+            "-c",
+            "ls -l /dev/nvidia*; nvidia-smi -L 2>/dev/null || nvidia-smi; ldconfig -p | grep -E 'libcuda|libnvidia-ml'; dlcheck libcuda.so.1",
+        ],
+    )?;
+    show(&out);
+
+    let args = with(&[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    println!("\n$ the same container without a request");
+    show(&c.run_image(
+        img,
+        &args,
+        "demo-plain",
+        &["sh", "-c", "ls /dev/nvidia* 2>&1; dlcheck libcuda.so.1"],
+    )?);
+
+    let args = with(&["--env", "NVIDIA_VISIBLE_DEVICES=7"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    println!("\n$ a request this host cannot meet: NVIDIA_VISIBLE_DEVICES=7");
+    show(&c.run_image(img, &args, "demo-bad", &["true"])?);
+    let _ = c.ctr(&["containers", "rm", "demo-bad"]);
     Ok(())
 }

@@ -57,7 +57,7 @@ USAGE:
   nvidia-shim [--config FILE] cdi generate [--output FILE] [--format yaml|json]
   nvidia-shim containerd configure [--config PATH] [--shim-config FILE] [--set-default] [--dry-run]
   nvidia-shim containerd unconfigure [--config PATH] [--dry-run]
-  nvidia-shim [--config FILE] doctor [--fix] [--json]
+  nvidia-shim [--config FILE] doctor [--fix] [--json] [--containerd-config PATH]
 
 The shim config is FILE, else $NVIDIA_SHIM_CONFIG, else /etc/nvidia-shim/config.toml, else defaults.
 Exit codes: 0 ok, 1 failed (doctor: a problem was found), 2 bad usage.
