@@ -107,6 +107,24 @@ fn ts_to_exit(code: i32) -> (u32, Timestamp) {
     (code as u32, now())
 }
 
+fn container_mut<'a>(
+    map: &'a mut HashMap<String, Container>,
+    id: &str,
+) -> TtrpcResult<&'a mut Container> {
+    map.get_mut(id)
+        .ok_or_else(|| not_found(format!("container {id:?} not created")))
+}
+
+fn container<'a>(map: &'a HashMap<String, Container>, id: &str) -> TtrpcResult<&'a Container> {
+    map.get(id)
+        .ok_or_else(|| not_found(format!("container {id:?} not created")))
+}
+
+fn process_of<'a>(c: &'a mut Container, exec_id: &str) -> TtrpcResult<&'a mut Process> {
+    c.process(exec_id)
+        .ok_or_else(|| not_found(format!("exec {exec_id:?} not found")))
+}
+
 fn rootfs_of(bundle: &Path) -> PathBuf {
     bundle.join("rootfs")
 }
@@ -136,10 +154,7 @@ impl Service {
     }
 
     fn runc_of(&self, id: &str) -> TtrpcResult<Runc> {
-        self.lock()
-            .get(id)
-            .map(|c| c.runc.clone())
-            .ok_or_else(|| not_found(format!("container {id:?} not created")))
+        container(&self.lock(), id).map(|c| c.runc.clone())
     }
 
     /// Handles exits fanned out by the reaper, in order, forever.
@@ -403,9 +418,7 @@ impl Service {
     async fn start_exec(&self, id: &str, exec_id: &str) -> TtrpcResult<u32> {
         let (runc, bundle, uris, spec, uid, gid) = {
             let mut map = self.lock();
-            let c = map
-                .get_mut(id)
-                .ok_or_else(|| not_found(format!("container {id:?} not created")))?;
+            let c = container_mut(&mut map, id)?;
             if c.init.exit_info().is_some() || c.pending_init_exit.is_some() {
                 return Err(precondition(format!(
                     "container {id:?} has exited; cannot start exec {exec_id:?}"
@@ -472,13 +485,9 @@ impl Task for Service {
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
         let mut map = self.lock();
-        let c = map
-            .get_mut(&req.id)
-            .ok_or_else(|| not_found(format!("container {:?} not created", req.id)))?;
+        let c = container_mut(&mut map, &req.id)?;
         let bundle = c.bundle.display().to_string();
-        let p = c
-            .process(&req.exec_id)
-            .ok_or_else(|| not_found(format!("exec {:?} not found", req.exec_id)))?;
+        let p = process_of(c, &req.exec_id)?;
         let mut r = api::StateResponse::new();
         r.id = if req.exec_id.is_empty() {
             req.id.clone()
@@ -532,9 +541,7 @@ impl Task for Service {
         if req.exec_id.is_empty() {
             let (runc, pid, status) = {
                 let map = self.lock();
-                let c = map
-                    .get(&req.id)
-                    .ok_or_else(|| not_found(format!("container {:?} not created", req.id)))?;
+                let c = container(&map, &req.id)?;
                 (c.runc.clone(), c.init.pid, c.init.status)
             };
             if status != Status::CREATED {
@@ -575,9 +582,7 @@ impl Task for Service {
         if !req.exec_id.is_empty() {
             let mut p = {
                 let mut map = self.lock();
-                let c = map
-                    .get_mut(&req.id)
-                    .ok_or_else(|| not_found(format!("container {:?} not created", req.id)))?;
+                let c = container_mut(&mut map, &req.id)?;
                 let p = c
                     .execs
                     .get(&req.exec_id)
@@ -606,9 +611,7 @@ impl Task for Service {
         }
         let (runc, status, mut exit_rx) = {
             let map = self.lock();
-            let c = map
-                .get(&req.id)
-                .ok_or_else(|| not_found(format!("container {:?} not created", req.id)))?;
+            let c = container(&map, &req.id)?;
             let running = matches!(
                 c.init.status,
                 Status::RUNNING | Status::PAUSED | Status::PAUSING
@@ -746,9 +749,7 @@ impl Task for Service {
         }
         let pid = {
             let mut map = self.lock();
-            let c = map
-                .get_mut(&req.id)
-                .ok_or_else(|| not_found(format!("container {:?} not created", req.id)))?;
+            let c = container_mut(&mut map, &req.id)?;
             let p = c
                 .execs
                 .get(&req.exec_id)
@@ -782,9 +783,7 @@ impl Task for Service {
     ) -> TtrpcResult<api::Empty> {
         {
             let mut map = self.lock();
-            let c = map
-                .get_mut(&req.id)
-                .ok_or_else(|| not_found(format!("container {:?} not created", req.id)))?;
+            let c = container_mut(&mut map, &req.id)?;
             if c.execs.contains_key(&req.exec_id) {
                 return Err(exists(format!("exec {:?} already exists", req.exec_id)));
             }
@@ -821,12 +820,8 @@ impl Task for Service {
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
         let mut map = self.lock();
-        let c = map
-            .get_mut(&req.id)
-            .ok_or_else(|| not_found(format!("container {:?} not created", req.id)))?;
-        let p = c
-            .process(&req.exec_id)
-            .ok_or_else(|| not_found(format!("exec {:?} not found", req.exec_id)))?;
+        let c = container_mut(&mut map, &req.id)?;
+        let p = process_of(c, &req.exec_id)?;
         p.io.resize(req.width, req.height)
             .map_err(|e| unknown(format!("resizing pty: {e}")))?;
         Ok(api::Empty::new())
@@ -838,12 +833,8 @@ impl Task for Service {
         req: api::CloseIORequest,
     ) -> TtrpcResult<api::Empty> {
         let mut map = self.lock();
-        let c = map
-            .get_mut(&req.id)
-            .ok_or_else(|| not_found(format!("container {:?} not created", req.id)))?;
-        let p = c
-            .process(&req.exec_id)
-            .ok_or_else(|| not_found(format!("exec {:?} not found", req.exec_id)))?;
+        let c = container_mut(&mut map, &req.id)?;
+        let p = process_of(c, &req.exec_id)?;
         if req.stdin {
             p.io.close_stdin();
         }
@@ -877,12 +868,8 @@ impl Task for Service {
     ) -> TtrpcResult<api::WaitResponse> {
         let mut rx = {
             let mut map = self.lock();
-            let c = map
-                .get_mut(&req.id)
-                .ok_or_else(|| not_found(format!("container {:?} not created", req.id)))?;
-            let p = c
-                .process(&req.exec_id)
-                .ok_or_else(|| not_found(format!("exec {:?} not found", req.exec_id)))?;
+            let c = container_mut(&mut map, &req.id)?;
+            let p = process_of(c, &req.exec_id)?;
             p.exit.subscribe()
         };
         let info = rx
@@ -905,9 +892,7 @@ impl Task for Service {
     ) -> TtrpcResult<api::StatsResponse> {
         let cg = {
             let map = self.lock();
-            let c = map
-                .get(&req.id)
-                .ok_or_else(|| not_found(format!("container {:?} not created", req.id)))?;
+            let c = container(&map, &req.id)?;
             c.cgroup
                 .clone()
                 .ok_or_else(|| not_found(format!("container {:?} has no cgroup", req.id)))?
