@@ -40,6 +40,8 @@ pub struct Containerd {
     child: Option<Child>,
     ids: Vec<String>,
     extra_path: Vec<PathBuf>,
+    /// Directory of a non-default containerd + ctr.
+    tools: Option<PathBuf>,
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -50,7 +52,17 @@ impl Containerd {
         Self::start_with(&[])
     }
 
-    /// Like [`Containerd::start`], with more directories ahead of the shim's on PATH.
+    /// Starts Debian's containerd 2.x extracted by `just setup` into `.cache/containerd2`.
+    pub fn start_v2() -> Result<Self> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/containerd2/usr/bin");
+        if !dir.join("containerd").exists() {
+            bail!("{} missing: run `just setup`", dir.display());
+        }
+        Self::start_with(&[dir])
+    }
+
+    /// Like [`Containerd::start`], with directories holding another containerd and ctr (and
+    /// their runc shim) ahead on PATH.
     pub fn start_with(extra_path: &[PathBuf]) -> Result<Self> {
         let shim = bin_dir().join(SHIM_BIN);
         if !shim.exists() {
@@ -63,11 +75,24 @@ impl Containerd {
         let dir = tempfile::Builder::new().prefix("nvs-").tempdir_in("/tmp")?;
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let namespace = format!("it{}-{n}", std::process::id());
+        let tools = extra_path.first().cloned();
+        let v2 = tools
+            .as_ref()
+            .is_some_and(|t| t.join("containerd").exists());
+        // containerd 2.x reads version 3 configs, where CRI is three plugins.
+        let (version, cri) = if v2 {
+            (
+                3,
+                r#""io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime""#,
+            )
+        } else {
+            (2, r#""io.containerd.grpc.v1.cri""#)
+        };
         let config = format!(
-            r#"version = 2
+            r#"version = {version}
 root = "{d}/root"
 state = "{d}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+disabled_plugins = [{cri}]
 [grpc]
   address = "{d}/containerd.sock"
 [ttrpc]
@@ -82,10 +107,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             child: None,
             ids: Vec::new(),
             extra_path: extra_path.to_vec(),
+            tools: tools.filter(|_| v2),
         };
         me.launch()?;
         image::import(&me)?;
         Ok(me)
+    }
+
+    fn tool(&self, name: &str) -> PathBuf {
+        match &self.tools {
+            Some(d) => d.join(name),
+            None => PathBuf::from(name),
+        }
     }
 
     /// The daemon's temp dir.
@@ -108,7 +141,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .create(true)
             .append(true)
             .open(self.dir.path().join("containerd.log"))?;
-        let child = Command::new("containerd")
+        let child = Command::new(self.tool("containerd"))
             .arg("--config")
             .arg(self.dir.path().join("config.toml"))
             .env("PATH", std::env::join_paths(path)?)
@@ -151,7 +184,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     fn ctr_cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new("timeout");
         c.arg("120")
-            .arg("ctr")
+            .arg(self.tool("ctr"))
             .arg("--address")
             .arg(self.address())
             .arg("--namespace")
@@ -183,7 +216,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     /// Runs `ctr` under a pseudo-terminal (through `script`), for `-t`.
     pub fn ctr_tty(&self, args: &[&str]) -> Result<Output> {
         let mut line = format!(
-            "ctr --address {} --namespace {}",
+            "{} --address {} --namespace {}",
+            self.tool("ctr").display(),
             self.address().display(),
             self.namespace
         );

@@ -11,9 +11,7 @@ fn init_id(id: &str) -> String {
 use anyhow::{ensure, Result};
 use integration::{stderr, stdout, wait_pid_gone, wait_until, Containerd};
 
-#[test]
-fn run_rm_reports_exit_codes_and_stdout() -> Result<()> {
-    let mut c = Containerd::start()?;
+fn run_rm_reports_exit_codes_and_stdout(mut c: Containerd) -> Result<()> {
     let out = c.run(&["--rm"], "ok", &["sh", "-c", "echo hello from busybox"])?;
     ensure!(out.status.code() == Some(0), "exit 0 expected: {out:?}");
     ensure!(
@@ -35,9 +33,7 @@ fn run_rm_reports_exit_codes_and_stdout() -> Result<()> {
     c.assert_clean()
 }
 
-#[test]
-fn detached_container_with_exec_then_kill_and_delete() -> Result<()> {
-    let mut c = Containerd::start()?;
+fn detached_container_with_exec_then_kill_and_delete(mut c: Containerd) -> Result<()> {
     let out = c.run(&["-d"], "det", &["sleep", "1000"])?;
     ensure!(out.status.success(), "run -d: {out:?}");
 
@@ -98,9 +94,7 @@ fn detached_container_with_exec_then_kill_and_delete() -> Result<()> {
     c.assert_clean()
 }
 
-#[test]
-fn pause_resume_metrics_and_update() -> Result<()> {
-    let mut c = Containerd::start()?;
+fn pause_resume_metrics_and_update(mut c: Containerd) -> Result<()> {
     ensure!(c.run(&["-d"], "pr", &["sleep", "1000"])?.status.success());
     let events = c.events()?;
     c.ctr_ok(&["task", "pause", "pr"])?;
@@ -140,9 +134,7 @@ fn pause_resume_metrics_and_update() -> Result<()> {
     c.assert_clean()
 }
 
-#[test]
-fn memory_limit_hit_publishes_task_oom() -> Result<()> {
-    let mut c = Containerd::start()?;
+fn memory_limit_hit_publishes_task_oom(mut c: Containerd) -> Result<()> {
     let events = c.events()?;
     // `tail` buffers an endless line from /dev/zero until the cgroup's limit kills it.
     let out = c.run(
@@ -158,9 +150,9 @@ fn memory_limit_hit_publishes_task_oom() -> Result<()> {
     c.assert_clean()
 }
 
-#[test]
-fn containers_of_one_pod_share_one_shim_which_exits_after_the_last() -> Result<()> {
-    let mut c = Containerd::start()?;
+fn containers_of_one_pod_share_one_shim_which_exits_after_the_last(
+    mut c: Containerd,
+) -> Result<()> {
     let pod = "io.kubernetes.cri.sandbox-id=pod-a";
     ensure!(c
         .run(&["-d", "--annotation", pod], "pod-a", &["sleep", "1000"])?
@@ -198,9 +190,7 @@ fn containers_of_one_pod_share_one_shim_which_exits_after_the_last() -> Result<(
     c.assert_clean()
 }
 
-#[test]
-fn killed_shim_is_cleaned_up_through_delete() -> Result<()> {
-    let mut c = Containerd::start()?;
+fn killed_shim_is_cleaned_up_through_delete(mut c: Containerd) -> Result<()> {
     ensure!(c
         .run(&["-d"], "orphan", &["sleep", "1000"])?
         .status
@@ -224,9 +214,7 @@ fn killed_shim_is_cleaned_up_through_delete() -> Result<()> {
     c.assert_clean()
 }
 
-#[test]
-fn container_survives_a_containerd_restart() -> Result<()> {
-    let mut c = Containerd::start()?;
+fn container_survives_a_containerd_restart(mut c: Containerd) -> Result<()> {
     let log = c.dir().join("restart.log");
     let uri = format!("file://{}", log.display());
     let out = c.run(
@@ -281,9 +269,7 @@ fn container_survives_a_containerd_restart() -> Result<()> {
     c.assert_clean()
 }
 
-#[test]
-fn bad_runtime_config_fails_create_and_leaves_nothing() -> Result<()> {
-    let mut c = Containerd::start()?;
+fn bad_runtime_config_fails_create_and_leaves_nothing(mut c: Containerd) -> Result<()> {
     let cfg = c.dir().join("bad.toml");
     std::fs::write(&cfg, "[runc]\nbinary = \"runc\"\nfrobnicate = true\n")?;
     let path = cfg.display().to_string();
@@ -301,3 +287,32 @@ fn bad_runtime_config_fails_create_and_leaves_nothing() -> Result<()> {
     let _ = c.ctr(&["containers", "rm", "badcfg"]);
     c.assert_clean()
 }
+
+/// Runs every scenario under containerd 1.6 (Debian bookworm) and 2.x (Debian sid).
+macro_rules! versions {
+    ($($name:ident),* $(,)?) => {
+        mod containerd_1_6 {
+            $(#[test]
+            fn $name() -> anyhow::Result<()> {
+                super::$name(integration::Containerd::start()?)
+            })*
+        }
+        mod containerd_2 {
+            $(#[test]
+            fn $name() -> anyhow::Result<()> {
+                super::$name(integration::Containerd::start_v2()?)
+            })*
+        }
+    };
+}
+
+versions!(
+    run_rm_reports_exit_codes_and_stdout,
+    detached_container_with_exec_then_kill_and_delete,
+    pause_resume_metrics_and_update,
+    memory_limit_hit_publishes_task_oom,
+    containers_of_one_pod_share_one_shim_which_exits_after_the_last,
+    killed_shim_is_cleaned_up_through_delete,
+    container_survives_a_containerd_restart,
+    bad_runtime_config_fails_create_and_leaves_nothing,
+);
