@@ -96,7 +96,118 @@ fn mknod_char(path: &Path, major: u64, minor: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// UUID of fake GPU `i`.
+pub fn gpu_uuid(i: usize) -> String {
+    format!("GPU-{i:08x}-1111-2222-3333-444455556666")
+}
+
+/// UUID of MIG device `m` of fake GPU `i`.
+pub fn mig_uuid(i: usize, m: usize) -> String {
+    format!("MIG-{i:04x}{m:04x}-aaaa-bbbb-cccc-ddddeeeeffff")
+}
+
+/// Builds a fake libnvidia-ml at `out` implementing the NVML calls discovery makes, describing
+/// `gpus` GPUs; with `mig`, GPU 0 is in MIG mode with two devices (GI 1/CI 0 and GI 2/CI 0).
+pub fn build_fake_nvml(out: &Path, gpus: usize, mig: bool) -> io::Result<()> {
+    let mut migs = String::new();
+    let mut table = String::new();
+    for i in 0..gpus {
+        let migs_of = if mig && i == 0 {
+            for (m, gi) in [(0usize, 1u32), (1, 2)] {
+                migs.push_str(&format!(
+                    "{{1, \"{}\", \"NVIDIA Fake H100 MIG 1g.10gb\", \"\", 0, 2, 9, 0, 10ULL<<30, 0, 0, 0, {gi}, 0}},\n",
+                    mig_uuid(i, m)
+                ));
+            }
+            "2, MIGS0"
+        } else {
+            "0, 0"
+        };
+        table.push_str(&format!(
+            "{{0, \"{}\", \"NVIDIA Fake H100\", \"00000000:{:02X}:00.0\", {i}, 2, 9, 0, 80ULL<<30, {}, {migs_of}, 0, 0}},\n",
+            gpu_uuid(i),
+            0x10 + i,
+            u8::from(mig && i == 0),
+        ));
+    }
+    let src = format!(
+        r#"#include <string.h>
+typedef struct dev {{ int is_mig; const char *uuid, *name, *bus; unsigned minor; int brand, ccmaj, ccmin;
+  unsigned long long mem; unsigned mig_mode; unsigned nmig; struct dev *migs; unsigned gi, ci; }} dev;
+static dev MIGS0[] = {{ {migs} {{0}} }};
+static dev GPUS[] = {{ {table} {{0}} }};
+static const unsigned NGPU = {gpus};
+typedef struct {{ char busIdLegacy[16]; unsigned domain, bus, device, pciDeviceId, pciSubSystemId; char busId[32]; }} pci;
+typedef struct {{ unsigned version; unsigned long long total, reserved, free, used; }} mem2;
+static void cp(char *b, const char *s, unsigned n) {{ strncpy(b, s, n); b[n - 1] = 0; }}
+int nvmlInit_v2(void) {{ return 0; }}
+int nvmlInitWithFlags(unsigned f) {{ (void)f; return 0; }}
+int nvmlShutdown(void) {{ return 0; }}
+const char *nvmlErrorString(int r) {{ (void)r; return "fake NVML error"; }}
+int nvmlSystemGetCudaDriverVersion_v2(int *v) {{ *v = 13000; return 0; }}
+int nvmlSystemGetCudaDriverVersion(int *v) {{ *v = 13000; return 0; }}
+int nvmlSystemGetDriverVersion(char *b, unsigned n) {{ cp(b, "{VERSION}", n); return 0; }}
+int nvmlDeviceGetCount_v2(unsigned *c) {{ *c = NGPU; return 0; }}
+int nvmlDeviceGetHandleByIndex_v2(unsigned i, dev **d) {{ if (i >= NGPU) return 2; *d = &GPUS[i]; return 0; }}
+int nvmlDeviceGetUUID(dev *d, char *b, unsigned n) {{ cp(b, d->uuid, n); return 0; }}
+int nvmlDeviceGetName(dev *d, char *b, unsigned n) {{ cp(b, d->name, n); return 0; }}
+int nvmlDeviceGetPciInfo_v3(dev *d, pci *p) {{ memset(p, 0, sizeof *p); cp(p->busId, d->bus, 32); return 0; }}
+int nvmlDeviceGetMinorNumber(dev *d, unsigned *m) {{ if (d->is_mig) return 3; *m = d->minor; return 0; }}
+int nvmlDeviceGetBrand(dev *d, int *b) {{ *b = d->brand; return 0; }}
+int nvmlDeviceGetCudaComputeCapability(dev *d, int *a, int *b) {{ *a = d->ccmaj; *b = d->ccmin; return 0; }}
+int nvmlDeviceGetMemoryInfo_v2(dev *d, mem2 *m) {{ m->total = d->mem; m->free = d->mem; m->used = 0; m->reserved = 0; return 0; }}
+int nvmlDeviceGetMigMode(dev *d, unsigned *c, unsigned *p) {{ if (d->is_mig) return 3; *c = d->mig_mode; *p = d->mig_mode; return 0; }}
+int nvmlDeviceGetMaxMigDeviceCount(dev *d, unsigned *c) {{ *c = d->mig_mode ? 7 : 0; return 0; }}
+int nvmlDeviceGetMigDeviceHandleByIndex(dev *d, unsigned i, dev **m) {{ if (i >= d->nmig) return 6; *m = &d->migs[i]; return 0; }}
+int nvmlDeviceGetGpuInstanceId(dev *d, unsigned *id) {{ *id = d->gi; return 0; }}
+int nvmlDeviceGetComputeInstanceId(dev *d, unsigned *id) {{ *id = d->ci; return 0; }}
+"#
+    );
+    let c = out.with_extension("c");
+    std::fs::write(&c, src)?;
+    let st = Command::new("cc")
+        .args([
+            "-shared",
+            "-fPIC",
+            "-O1",
+            "-Wl,-soname,libnvidia-ml.so.1",
+            "-o",
+        ])
+        .arg(out)
+        .arg(&c)
+        .status()?;
+    std::fs::remove_file(&c)?;
+    if !st.success() {
+        return Err(io::Error::other("cc failed building the fake NVML"));
+    }
+    Ok(())
+}
+
 impl FakeHost {
+    /// Like [`FakeHost::build`], plus a fake NVML the config points at; with `mig`, GPU 0 is in
+    /// MIG mode with two MIG devices whose capability minors are in the fake procfs.
+    pub fn build_with_nvml(dir: &Path, layout: Layout, gpus: usize, mig: bool) -> io::Result<Self> {
+        let host = Self::build(dir, layout, gpus)?;
+        build_fake_nvml(&dir.join("fake-nvml.so"), gpus, mig)?;
+        if mig {
+            std::fs::create_dir_all(host.proc_root.join("driver/nvidia-caps"))?;
+            std::fs::write(
+                host.proc_root.join("driver/nvidia-caps/mig-minors"),
+                "config 1\nmonitor 2\ngpu0/gi1/access 12\ngpu0/gi1/ci0/access 13\ngpu0/gi2/access 21\ngpu0/gi2/ci0/access 22\n",
+            )?;
+        }
+        Ok(host)
+    }
+
+    fn nvml_path(&self) -> PathBuf {
+        let fake = self.dir.join("fake-nvml.so");
+        if fake.exists() {
+            fake
+        } else {
+            self.dir.join("no-nvml.so")
+        }
+    }
+
     /// Builds a host with `gpus` GPUs under `dir`. Device nodes are created when running as root;
     /// otherwise the inventory falls back to `/proc/devices` numbers.
     pub fn build(dir: &Path, layout: Layout, gpus: usize) -> io::Result<Self> {
@@ -158,7 +269,7 @@ impl FakeHost {
         let mut uuids = Vec::new();
         for i in 0..gpus {
             let bus = format!("0000:{:02x}:00.0", 0x10 + i);
-            let uuid = format!("GPU-{i:08x}-1111-2222-3333-444455556666");
+            let uuid = gpu_uuid(i);
             let d = gpu_dir.join(&bus);
             std::fs::create_dir_all(&d)?;
             std::fs::write(
@@ -193,7 +304,7 @@ impl FakeHost {
                 root: self.root.clone(),
                 dev_root: self.dev_root.clone(),
                 proc_root: self.proc_root.clone(),
-                nvml_library: Some(self.dir.join("no-nvml.so")),
+                nvml_library: Some(self.nvml_path()),
                 cache_dir: self.dir.join("cache"),
             },
             ..Default::default()
@@ -210,7 +321,7 @@ impl FakeHost {
             c.driver.root,
             c.driver.dev_root,
             c.driver.proc_root,
-            self.dir.join("no-nvml.so"),
+            self.nvml_path(),
             c.driver.cache_dir,
             self.dir.join("cdi"),
         )

@@ -485,3 +485,112 @@ fn fixed_inventory_seam() {
         .unwrap();
     assert_eq!(p.selected, vec![e.host.uuids[2].clone()]);
 }
+
+fn nvml_env(gpus: usize, mig: bool) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let host = FakeHost::build_with_nvml(dir.path(), Layout::Gke, gpus, mig).unwrap();
+    let injector = Injector::new(host.config());
+    Env {
+        _dir: dir,
+        host,
+        injector,
+    }
+}
+
+#[test]
+fn nvml_path_reads_brand_arch_memory_and_mig() {
+    let e = nvml_env(2, true);
+    let inv = Host::new(e.host.config().driver).inventory().unwrap();
+    assert_eq!(inv.gpu_source, GpuSource::Nvml);
+    assert_eq!(
+        (
+            inv.cuda_version.as_deref(),
+            inv.cuda_version_source.as_str()
+        ),
+        (Some("13.0"), "nvml")
+    );
+    let g0 = &inv.gpus[0];
+    assert_eq!(g0.uuid, gpu_core::fixture::gpu_uuid(0));
+    assert_eq!(g0.pci_bus_id, "0000:10:00.0");
+    assert_eq!(
+        (g0.brand.as_deref(), g0.arch.as_deref()),
+        (Some("Tesla"), Some("9.0"))
+    );
+    assert_eq!(g0.memory_mib, Some(80 * 1024));
+    assert!(g0.mig_enabled && !inv.gpus[1].mig_enabled);
+    assert_eq!(g0.migs.len(), 2);
+    assert_eq!((g0.migs[1].gi, g0.migs[1].ci), (2, 0));
+    let caps: Vec<&str> = g0.migs[1].caps.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(
+        caps,
+        [
+            "/dev/nvidia-caps/nvidia-cap21",
+            "/dev/nvidia-caps/nvidia-cap22"
+        ]
+    );
+    assert_eq!(
+        g0.migs[1].caps[0].major, 237,
+        "nvidia-caps major from /proc/devices"
+    );
+    assert_eq!(inv.mig_admin_caps.len(), 2);
+}
+
+#[test]
+fn mig_selection_forms() {
+    let e = nvml_env(2, true);
+    let by_index = plan(&e, &["NVIDIA_VISIBLE_DEVICES=0:1"]).unwrap().unwrap();
+    assert_eq!(by_index.selected, vec![gpu_core::fixture::mig_uuid(0, 1)]);
+    assert_eq!(
+        nodes(&by_index),
+        vec![
+            "/dev/nvidiactl",
+            "/dev/nvidia0",
+            "/dev/nvidia-caps/nvidia-cap21",
+            "/dev/nvidia-caps/nvidia-cap22",
+            "/dev/nvidia-uvm",
+            "/dev/nvidia-uvm-tools"
+        ]
+    );
+    let mig = gpu_core::fixture::mig_uuid(0, 0);
+    let by_uuid = plan(&e, &[&format!("NVIDIA_VISIBLE_DEVICES={mig}")])
+        .unwrap()
+        .unwrap();
+    assert!(nodes(&by_uuid).contains(&"/dev/nvidia-caps/nvidia-cap13"));
+    // `all`: the MIG devices of a MIG-mode GPU, other GPUs whole.
+    let all = plan(&e, &["NVIDIA_VISIBLE_DEVICES=all"]).unwrap().unwrap();
+    assert_eq!(all.selected.len(), 3, "{:?}", all.selected);
+    assert!(all.selected.contains(&gpu_core::fixture::gpu_uuid(1)));
+    let err = plan(&e, &["NVIDIA_VISIBLE_DEVICES=0:5"]).unwrap_err();
+    assert!(err.contains("0:0, MIG-") && err.contains("0:1"), "{err}");
+    // Requirements see NVML's brand and arch.
+    assert!(plan(
+        &e,
+        &[
+            "NVIDIA_VISIBLE_DEVICES=1",
+            "NVIDIA_REQUIRE_ARCH=brand=tesla,arch>=9.0"
+        ]
+    )
+    .unwrap()
+    .is_some());
+    let err = plan(
+        &e,
+        &["NVIDIA_VISIBLE_DEVICES=1", "NVIDIA_REQUIRE_ARCH=arch>=10.0"],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("arch 9.0") && err.contains("GPU brand Tesla"),
+        "{err}"
+    );
+    // MIG management for privileged containers.
+    let s = spec(
+        &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_MIG_CONFIG_DEVICES=all"],
+        &[],
+        true,
+    );
+    let p = e.injector.plan(&s, &debian()).unwrap().unwrap();
+    assert!(
+        nodes(&p).contains(&"/dev/nvidia-caps/nvidia-cap1"),
+        "{:?}",
+        nodes(&p)
+    );
+}

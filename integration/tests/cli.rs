@@ -237,3 +237,42 @@ fn doctor_reports_and_fixes_dev_char_links() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn info_and_cdi_on_a_mig_host_through_the_fake_nvml() -> Result<()> {
+    let d = tempfile::tempdir()?;
+    let host = FakeHost::build_with_nvml(d.path(), Layout::Gke, 2, true)?;
+    let cfg = d.path().join("shim.toml");
+    std::fs::write(&cfg, host.config_toml())?;
+    let cfg = cfg.display().to_string();
+    let out = cli(&["--config", &cfg, "info"])?;
+    let text = stdout(&out);
+    ensure!(
+        text.contains("from NVML") && text.contains("MIG on"),
+        "{text}"
+    );
+    ensure!(
+        text.contains(&gpu_core::fixture::mig_uuid(0, 1)) && text.contains("(gi 2, ci 0)"),
+        "{text}"
+    );
+    let cdi = d.path().join("cdi");
+    std::fs::create_dir_all(&cdi)?;
+    let out = cli(&[
+        "--config",
+        &cfg,
+        "cdi",
+        "generate",
+        "--output",
+        &cdi.join("nvidia.json").display().to_string(),
+    ])?;
+    ensure!(out.status.success(), "{out:?}");
+    let reg = gpu_core::cdi::Registry::load(std::slice::from_ref(&cdi));
+    ensure!(reg.errors().is_empty(), "{:?}", reg.errors());
+    for n in [
+        "nvidia.com/gpu=0:1".to_string(),
+        format!("nvidia.com/gpu={}", gpu_core::fixture::mig_uuid(0, 0)),
+    ] {
+        ensure!(reg.names().contains(&n), "{n} missing: {:?}", reg.names());
+    }
+    Ok(())
+}
