@@ -244,6 +244,47 @@ for c in ma mb; do "${CTR[@]}" task kill -s SIGKILL $c >/dev/null 2>&1; done
 sleep 0.5
 for c in ma mb; do "${CTR[@]}" task delete $c >/dev/null 2>&1; "${CTR[@]}" containers rm $c >/dev/null 2>&1; done
 
+# --- diagnostics: where the GPU path's time goes (not part of the pass/fail checks) -------------
+if [ "${DIAG:-1}" = 1 ]; then
+    : >"$W/d1"; : >"$W/d2"
+    for i in $(seq "$ITER"); do
+        ms run --env NVIDIA_VISIBLE_DEVICES=all --env NVIDIA_DRIVER_CAPABILITIES=utility "$IMG" du$i true >>"$W/d1"
+        ms run --env NVIDIA_VISIBLE_DEVICES=none "$IMG" dn$i true >>"$W/d2"
+    done
+    {
+        echo "median ms: utility-only $(($(median "$W/d1") / 1000)), none $(($(median "$W/d2") / 1000))"
+        # Shim-side timings need containerd's debug level (shim logs are copied at debug).
+        pkill -f "containerd --config $W/containerd.toml"
+        sleep 1
+        NVIDIA_SHIM_CONFIG="$W/shim.toml" setsid containerd --log-level debug --config "$W/containerd.toml" >"$W/containerd-debug.log" 2>&1 &
+        for _ in $(seq 100); do "${CTR[@]}" version >/dev/null 2>&1 && break; sleep 0.1; done
+        for i in $(seq 5); do
+            run "$IMG" xb$i true >/dev/null 2>&1
+            run --env NVIDIA_VISIBLE_DEVICES=all "$IMG" xc$i true >/dev/null 2>&1
+        done
+        grep -oE 'prepare_us=[0-9]+|runc_create_us=[0-9]+|id=x[bc][0-9]' "$W/containerd-debug.log" | sort -u | paste -sd' '
+        # runc alone: cost of 20 bind mounts with our options, without ro, without rprivate.
+        echo "host mounts: $(wc -l </proc/self/mountinfo)"
+        for variant in none ours no-ro no-rprivate; do
+            B="$W/runc-$variant"
+            mkdir -p "$B/rootfs/bin" "$B/rootfs/proc" "$B/rootfs/dev" "$B/rootfs/sys"
+            cp "$W/bin/busybox" "$B/rootfs/bin/"
+            ln -sf busybox "$B/rootfs/bin/true"
+            (cd "$B" && runc spec)
+            opts='"ro","nosuid","nodev","rbind","rprivate"'
+            [ $variant = no-ro ] && opts='"nosuid","nodev","rbind","rprivate"'
+            [ $variant = no-rprivate ] && opts='"ro","nosuid","nodev","rbind"'
+            n=20; [ $variant = none ] && n=0
+            m=$(for i in $(seq $n); do printf '{"destination":"/usr/lib/l%s.so","type":"bind","source":"%s","options":[%s]},' "$i" "$DRIVER_ROOT/bin/nvidia-smi" "$opts"; done)
+            sed -i "s|\"mounts\": \[|\"mounts\": [$m|; s|\"sh\"|\"/bin/true\"|; s|\"terminal\": true|\"terminal\": false|" "$B/config.json"
+            s0=$(date +%s%N)
+            for i in $(seq 20); do runc --root "$W/runc-root" run -b "$B" "r$variant$i" >/dev/null 2>&1 || echo "runc failed ($variant)"; done
+            e0=$(date +%s%N)
+            echo "runc run, $n binds ($variant): $(((e0 - s0) / 20000)) us each"
+        done
+    } >"$OUT/diag.txt" 2>&1
+fi
+
 # --- report ------------------------------------------------------------------------------------
 gpu_model=$("$HOST_SMI" --query-gpu=name --format=csv,noheader | sort | uniq -c | oneline)
 driver=$("$HOST_SMI" --query-gpu=driver_version --format=csv,noheader | head -1)
@@ -274,6 +315,5 @@ driver=$("$HOST_SMI" --query-gpu=driver_version --format=csv,noheader | head -1)
     echo "Shim RSS with one running container: Go runc shim ${go_rss:-?} KiB, ours (GPU container) ${our_rss:-?} KiB."
 } >"$REPORT"
 cat "$REPORT"
-cp "$W/containerd.log" "$OUT/containerd.log" 2>/dev/null
 pkill -f "containerd --config $W/containerd.toml"
 exit $((FAILS > 0))

@@ -305,13 +305,19 @@ impl Service {
             bundle.join(root_path)
         };
         let injector = gpu_core::Injector::new(cfg);
+        let started = std::time::Instant::now();
         match injector.prepare(&mut spec, &root_path) {
             Ok(Some(done)) => {
-                tracing::info!(id = req.id.as_str(), "gpu: {}", done.summary);
                 let data = serde_json::to_vec(&spec)
                     .map_err(|e| cleanup(format!("encoding spec: {e}")))?;
                 write_atomic(&spec_path, &data)
                     .map_err(|e| cleanup(format!("writing spec: {e}")))?;
+                tracing::info!(
+                    id = req.id.as_str(),
+                    prepare_us = started.elapsed().as_micros() as u64,
+                    "gpu: {}",
+                    done.summary
+                );
             }
             Ok(None) => {}
             Err(e) => return Err(cleanup(e.to_string())),
@@ -349,10 +355,16 @@ impl Service {
             no_new_keyring: settings.no_new_keyring,
         };
         let runc_io = std::mem::take(&mut pending.runc);
+        let started = std::time::Instant::now();
         if let Err(e) = runc.create(&req.id, &bundle, copts, runc_io).await {
             let _ = runc.delete(&req.id, true).await;
             return Err(cleanup(e.to_string()));
         }
+        tracing::debug!(
+            id = req.id.as_str(),
+            runc_create_us = started.elapsed().as_micros() as u64,
+            "runc create done"
+        );
         let pid = std::fs::read_to_string(&pid_file)
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok())
