@@ -87,14 +87,20 @@ impl Root {
             0,
             libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_SYMLINKS,
         )?;
-        let f = std::fs::File::from(fd);
-        if !f.metadata()?.is_file() {
+        let mut f = std::fs::File::from(fd);
+        let meta = f.metadata()?;
+        if !meta.is_file() {
             return Err(std::io::Error::other(format!(
                 "{rel} is not a regular file"
             )));
         }
-        let mut out = Vec::new();
-        f.take(limit).read_to_end(&mut out)?;
+        if meta.len() > limit {
+            return Err(std::io::Error::other(format!(
+                "{rel} is larger than {limit} bytes"
+            )));
+        }
+        let mut out = Vec::with_capacity(meta.len() as usize);
+        f.read_to_end(&mut out)?;
         Ok(out)
     }
 

@@ -180,39 +180,41 @@ pub fn libcmp(a: &str, b: &str) -> Ordering {
     0u8.cmp(&b.get(j).copied().unwrap_or(0))
 }
 
+fn order(x: &Entry, y: &Entry) -> Ordering {
+    libcmp(&y.key, &x.key)
+        .then(y.flags.cmp(&x.flags))
+        .then(y.hwcap.cmp(&x.hwcap))
+}
+
 /// Sorts entries the way ldconfig writes them (descending name, then flags descending).
 pub fn sort(entries: &mut [Entry]) {
-    entries.sort_by(|x, y| {
-        libcmp(&y.key, &x.key)
-            .then(y.flags.cmp(&x.flags))
-            .then(y.hwcap.cmp(&x.hwcap))
-    });
+    entries.sort_by(order);
 }
 
 /// Serialises entries as a new-format cache (sorted first; hwcap-extension entries dropped since
 /// no extension section is written).
 pub fn write(entries: &[Entry]) -> Vec<u8> {
-    let mut entries: Vec<Entry> = entries
+    // Borrow, don't clone: an image's cache has hundreds of entries and this runs on every
+    // GPU container's Create.
+    let mut entries: Vec<&Entry> = entries
         .iter()
         .filter(|e| e.hwcap & HWCAP_EXTENSION == 0)
-        .cloned()
         .collect();
-    sort(&mut entries);
+    entries.sort_by(|x, y| order(x, y));
     let strings_start = NEW_HEADER + entries.len() * NEW_ENTRY;
-    let mut strings: Vec<u8> = Vec::new();
-    let mut offsets = std::collections::HashMap::new();
-    let mut intern = |s: &str, strings: &mut Vec<u8>| -> u32 {
-        *offsets.entry(s.to_string()).or_insert_with(|| {
-            let off = strings_start + strings.len();
-            strings.extend_from_slice(s.as_bytes());
-            strings.push(0);
-            off as u32
-        })
+    let mut strings: Vec<u8> = Vec::with_capacity(entries.len() * 48);
+    // Each string is stored once per use; sharing equal strings (as ldconfig does) saves a few
+    // bytes but costs a hash of every name on each Create.
+    let mut push = |s: &str| -> u32 {
+        let off = (strings_start + strings.len()) as u32;
+        strings.extend_from_slice(s.as_bytes());
+        strings.push(0);
+        off
     };
     let mut table = Vec::with_capacity(entries.len() * NEW_ENTRY);
     for e in &entries {
-        let k = intern(&e.key, &mut strings);
-        let v = intern(&e.value, &mut strings);
+        let k = push(&e.key);
+        let v = push(&e.value);
         table.extend_from_slice(&e.flags.to_ne_bytes());
         table.extend_from_slice(&k.to_ne_bytes());
         table.extend_from_slice(&v.to_ne_bytes());
