@@ -594,3 +594,24 @@ fn mig_selection_forms() {
         nodes(&p)
     );
 }
+
+#[test]
+fn containerized_driver_root_resolves_absolute_links_inside_the_root() {
+    // A driver container's root (/run/nvidia/driver) holds absolute links meant for that root:
+    // `<root>/usr/lib/x86_64-linux-gnu/libcuda.so.V -> /opt/nvidia/libcuda.so.V`.
+    let e = env(Layout::Standard, 1);
+    let libdir = e.host.root.join("usr/lib/x86_64-linux-gnu");
+    let name = format!("libcuda.so.{VERSION}");
+    let real_dir = e.host.root.join("opt/nvidia");
+    std::fs::create_dir_all(&real_dir).unwrap();
+    std::fs::rename(libdir.join(&name), real_dir.join(&name)).unwrap();
+    std::os::unix::fs::symlink(format!("/opt/nvidia/{name}"), libdir.join(&name)).unwrap();
+    let inv = gpu_core::discover::discover(&e.host.config().driver, VERSION).unwrap();
+    let cuda = inv
+        .libraries
+        .iter()
+        .find(|l| l.prefix == "libcuda.so")
+        .unwrap();
+    assert_eq!(cuda.path, real_dir.join(&name).canonicalize().unwrap());
+    assert_eq!(cuda.soname.as_deref(), Some("libcuda.so.1"));
+}
