@@ -282,6 +282,30 @@ if [ "${DIAG:-1}" = 1 ]; then
             e0=$(date +%s%N)
             echo "runc run, $n binds ($variant): $(((e0 - s0) / 20000)) us each"
         done
+        # Phase timeline of 10 starts per variant: ctr start/end, shim connected, task events,
+        # shim disconnected (raw lines; analysed off the machine).
+        pkill -f "containerd --config $W/containerd.toml"
+        sleep 1
+        NVIDIA_SHIM_CONFIG="$W/shim.toml" setsid containerd --config "$W/containerd.toml" >"$W/containerd-phase.log" 2>&1 &
+        for _ in $(seq 100); do "${CTR[@]}" version >/dev/null 2>&1 && break; sleep 0.1; done
+        "${CTR[@]}" events >"$W/events.txt" 2>&1 &
+        ev=$!
+        sleep 0.3
+        for i in $(seq 10); do
+            for v in a b c; do
+                case $v in
+                a) args=(--runtime io.containerd.runc.v2) ;;
+                b) args=(--runtime io.containerd.nvidia.v2) ;;
+                c) args=(--runtime io.containerd.nvidia.v2 --env NVIDIA_VISIBLE_DEVICES=all) ;;
+                esac
+                s0=$(date +%s.%N)
+                "${CTR[@]}" run --rm --snapshotter "$SNAP" "${args[@]}" "$IMG" "p$v$i" true >/dev/null 2>&1
+                echo "RUN p$v$i $s0 $(date +%s.%N)"
+            done
+        done
+        sleep 0.3
+        kill $ev
+        grep -E '/tasks/(create|start|exit|delete) .*"container_id":"p[abc][0-9]+"' "$W/events.txt"
     } >"$OUT/diag.txt" 2>&1
 fi
 

@@ -622,8 +622,8 @@ impl Task for Service {
             return Ok(resp);
         }
         let (runc, status, mut exit_rx) = {
-            let map = self.lock();
-            let c = container(&map, &req.id)?;
+            let mut map = self.lock();
+            let c = container_mut(&mut map, &req.id)?;
             let running = matches!(
                 c.init.status,
                 Status::RUNNING | Status::PAUSED | Status::PAUSING
@@ -634,10 +634,21 @@ impl Task for Service {
                     req.id
                 )));
             }
+            // The OOM watcher keeps the cgroup's memory.events open: stop it before runc
+            // removes the cgroup.
+            if let Some(h) = c.oom.take() {
+                h.abort();
+            }
             (c.runc.clone(), c.init.status, c.init.exit.subscribe())
         };
-        if let Err(e) = runc.delete(&req.id, true).await {
-            if !e.0.contains("does not exist") && !e.0.contains("not exist") {
+        // A stopped container needs no --force (which first tries to kill what is left).
+        let gone = |e: &crate::runc::RuncError| e.0.contains("not exist");
+        let mut result = runc.delete(&req.id, status != Status::STOPPED).await;
+        if matches!(&result, Err(e) if !gone(e)) && status == Status::STOPPED {
+            result = runc.delete(&req.id, true).await;
+        }
+        if let Err(e) = result {
+            if !gone(&e) {
                 tracing::warn!(id = req.id.as_str(), "runc delete: {e}");
             }
         }
