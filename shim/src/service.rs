@@ -642,6 +642,7 @@ impl Task for Service {
             (c.runc.clone(), c.init.status, c.init.exit.subscribe())
         };
         // A stopped container needs no --force (which first tries to kill what is left).
+        let t0 = std::time::Instant::now();
         let gone = |e: &crate::runc::RuncError| e.0.contains("not exist");
         let mut result = runc.delete(&req.id, status != Status::STOPPED).await;
         if matches!(&result, Err(e) if !gone(e)) && status == Status::STOPPED {
@@ -660,16 +661,25 @@ impl Task for Service {
             .lock()
             .remove(&req.id)
             .ok_or_else(|| not_found(format!("container {:?} not created", req.id)))?;
+        let runc_delete_us = t0.elapsed().as_micros() as u64;
         c.init.io.shutdown(Duration::from_secs(2)).await;
         for (_, mut p) in c.execs.drain() {
             p.io.shutdown(Duration::from_millis(100)).await;
         }
+        let io_us = t0.elapsed().as_micros() as u64 - runc_delete_us;
         if let Some(h) = c.oom.take() {
             h.abort();
         }
         if c.mounted_rootfs {
             unmount_rootfs(&c.bundle);
         }
+        tracing::debug!(
+            id = req.id.as_str(),
+            runc_delete_us,
+            io_us,
+            total_us = t0.elapsed().as_micros() as u64,
+            "delete done"
+        );
         let (code, at) = c.init.exit_info().unwrap_or_else(|| (137, now()));
         let mut ev = TaskDelete::new();
         ev.container_id = req.id.clone();
