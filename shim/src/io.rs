@@ -178,7 +178,10 @@ async fn copy(src: Arc<AsyncFd<OwnedFd>>, dst: Sink) {
                 Ok(n as usize)
             }
         }) {
-            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                tracing::debug!("output EOF");
+                return;
+            }
             Ok(Ok(n)) => {
                 if write_all(&dst, &buf[..n]).await.is_err() {
                     return;

@@ -229,6 +229,7 @@ impl Service {
             ev.exited_at = MessageField::some(info.1.clone());
             c.init.exit.send_replace(Some(info));
             self.publisher.publish("/tasks/exit", &ev);
+            tracing::debug!(id = cid.as_str(), "init exit published");
             if let Some(h) = c.oom.take() {
                 h.abort();
             }
@@ -590,6 +591,7 @@ impl Task for Service {
         _: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
+        tracing::debug!(id = req.id.as_str(), "delete request");
         let mut resp = api::DeleteResponse::new();
         if !req.exec_id.is_empty() {
             let mut p = {
@@ -910,6 +912,7 @@ impl Task for Service {
             .await
             .map_err(|_| unknown("shim shutting down"))?
             .clone();
+        tracing::debug!(id = req.id.as_str(), "wait returns");
         let mut resp = api::WaitResponse::new();
         if let Some((code, at)) = info {
             resp.exit_status = code;
