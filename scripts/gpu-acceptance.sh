@@ -262,7 +262,7 @@ if [ "${DIAG:-1}" = 1 ]; then
             run "$IMG" xb$i true >/dev/null 2>&1
             run --env NVIDIA_VISIBLE_DEVICES=all "$IMG" xc$i true >/dev/null 2>&1
         done
-        grep -E 'prepare_us|runc_create_us|delete done|delete request|output EOF|wait returns|init exit published|shim disconnected|starting signal loop' "$W/containerd-debug.log" | grep -oE 'time="[^"]+"|msg="[^"]+"|id=x[bc][0-9]|[a-z_]+_us=[0-9]+|ns=[a-z]+ id=[a-z0-9]+' | paste -sd' ' | sed 's/ time=/\ntime=/g'
+        grep -E 'prepare_us|runc_create_us|delete done|delete request|state request|output EOF|wait returns|init exit published|shim disconnected|starting signal loop' "$W/containerd-debug.log" | grep -oE 'time="[^"]+"|msg="[^"]+"|id=x[bc][0-9]|[a-z_]+_us=[0-9]+|ns=[a-z]+ id=[a-z0-9]+' | paste -sd' ' | sed 's/ time=/\ntime=/g'
         # runc alone: cost of 20 bind mounts with our options, without ro, without rprivate.
         echo "host mounts: $(wc -l </proc/self/mountinfo)"
         for variant in none ours no-ro no-rprivate; do

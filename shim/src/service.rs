@@ -497,6 +497,7 @@ impl Task for Service {
         _: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
+        tracing::debug!(id = req.id.as_str(), "state request");
         let mut map = self.lock();
         let c = container_mut(&mut map, &req.id)?;
         let bundle = c.bundle.display().to_string();
