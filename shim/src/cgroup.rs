@@ -263,7 +263,7 @@ impl Cgroup {
                 let fd: OwnedFd = ino.into();
                 let last = oom_kills(dir);
                 Some(OomWatcher {
-                    fd: crate::io::register(fd).ok()?,
+                    fd: Some(crate::io::register(fd).ok()?),
                     kind: OomKind::V2 {
                         dir: dir.clone(),
                         last,
@@ -287,7 +287,7 @@ impl Cgroup {
                 )
                 .ok()?;
                 Some(OomWatcher {
-                    fd: crate::io::register(efd).ok()?,
+                    fd: Some(crate::io::register(efd).ok()?),
                     kind: OomKind::V1 {
                         dir: dir.clone(),
                         _ctl: ctl,
@@ -314,15 +314,34 @@ enum OomKind {
 
 /// An armed OOM watcher.
 pub struct OomWatcher {
-    fd: AsyncFd<OwnedFd>,
+    fd: Option<AsyncFd<OwnedFd>>,
     kind: OomKind,
+}
+
+impl Drop for OomWatcher {
+    fn drop(&mut self) {
+        // Closing an inotify fd waits for an SRCU grace period in the kernel (10–20 ms on a
+        // large VM). The shim runs one thread, so a close there would hold back every reply —
+        // it delayed Wait on each container exit. Deregister here, close elsewhere.
+        if let Some(fd) = self.fd.take() {
+            let fd = fd.into_inner();
+            if matches!(self.kind, OomKind::V2 { .. }) {
+                let _ = std::thread::Builder::new()
+                    .name("close-inotify".into())
+                    .spawn(move || drop(fd));
+            }
+        }
+    }
 }
 
 impl OomWatcher {
     /// Resolves at the next OOM; `false` when the cgroup went away.
     pub async fn next(&mut self) -> bool {
         loop {
-            let Ok(mut guard) = self.fd.readable().await else {
+            let Some(fd) = self.fd.as_ref() else {
+                return false;
+            };
+            let Ok(mut guard) = fd.readable().await else {
                 return false;
             };
             let mut buf = [0u8; 4096];
