@@ -36,9 +36,9 @@ record() { # n name PASS|FAIL saw
 oneline() { tr '\n' ' ' | sed 's/|/\//g; s/  */ /g' | cut -c1-300; }
 
 # --- containerd ------------------------------------------------------------------------------
-SOCK="$W/containerd.sock"
+. "$HERE/gpu/lib.sh"
 NS=acceptance
-cat >"$W/containerd.toml" <<EOF
+private_containerd_config "$W"
 version = 2
 root = "$W/root"
 state = "$W/state"
@@ -56,7 +56,7 @@ EOF
 # containerd passes its environment to shims: the shim finds its config through it.
 NVIDIA_SHIM_CONFIG="$W/shim.toml" setsid containerd --config "$W/containerd.toml" >"$W/containerd.log" 2>&1 &
 CTR=(ctr --address "$SOCK" --namespace "$NS")
-for _ in $(seq 100); do "${CTR[@]}" version >/dev/null 2>&1 && break; sleep 0.1; done
+wait_containerd
 log "containerd: $("${CTR[@]}" version 2>&1 | grep -m1 Version)"
 
 # --- image -----------------------------------------------------------------------------------
@@ -257,7 +257,7 @@ if [ "${DIAG:-1}" = 1 ]; then
         pkill -f "containerd --config $W/containerd.toml"
         sleep 1
         NVIDIA_SHIM_CONFIG="$W/shim.toml" setsid containerd --log-level debug --config "$W/containerd.toml" >"$W/containerd-debug.log" 2>&1 &
-        for _ in $(seq 100); do "${CTR[@]}" version >/dev/null 2>&1 && break; sleep 0.1; done
+        wait_containerd
         for i in $(seq 5); do
             run "$IMG" xb$i true >/dev/null 2>&1
             run --env NVIDIA_VISIBLE_DEVICES=all "$IMG" xc$i true >/dev/null 2>&1
@@ -287,7 +287,7 @@ if [ "${DIAG:-1}" = 1 ]; then
         pkill -f "containerd --config $W/containerd.toml"
         sleep 1
         NVIDIA_SHIM_CONFIG="$W/shim.toml" setsid containerd --config "$W/containerd.toml" >"$W/containerd-phase.log" 2>&1 &
-        for _ in $(seq 100); do "${CTR[@]}" version >/dev/null 2>&1 && break; sleep 0.1; done
+        wait_containerd
         "${CTR[@]}" events >"$W/events.txt" 2>&1 &
         ev=$!
         sleep 0.3

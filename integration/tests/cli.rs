@@ -23,6 +23,18 @@ fn fake(gpus: usize) -> Result<(tempfile::TempDir, FakeHost, String)> {
     Ok((dir, host, cfg))
 }
 
+/// Runs `cdi generate --output <dir>/cdi/<file>` and loads the result with our strict loader.
+fn generate_cdi(dir: &Path, cfg: &str, file: &str) -> Result<gpu_core::cdi::Registry> {
+    let cdi = dir.join("cdi");
+    std::fs::create_dir_all(&cdi)?;
+    let path = cdi.join(file).display().to_string();
+    let out = cli(&["--config", cfg, "cdi", "generate", "--output", &path])?;
+    ensure!(out.status.success(), "{out:?}");
+    let reg = gpu_core::cdi::Registry::load(std::slice::from_ref(&cdi));
+    ensure!(reg.errors().is_empty(), "{:?}", reg.errors());
+    Ok(reg)
+}
+
 #[test]
 fn info_and_list_on_a_fake_host() -> Result<()> {
     let (_d, host, cfg) = fake(2)?;
@@ -88,23 +100,10 @@ fn info_and_list_on_a_fake_host() -> Result<()> {
 #[test]
 fn cdi_generate_is_valid_and_hookless() -> Result<()> {
     let (d, host, cfg) = fake(2)?;
-    let cdi_dir = d.path().join("cdi");
-    std::fs::create_dir_all(&cdi_dir)?;
-    let file = cdi_dir.join("nvidia.yaml");
-    let out = cli(&[
-        "--config",
-        &cfg,
-        "cdi",
-        "generate",
-        "--output",
-        &file.display().to_string(),
-    ])?;
-    ensure!(out.status.success(), "{out:?}");
-    let text = std::fs::read_to_string(&file)?;
-    ensure!(!text.contains("hook"), "no hooks: {text}");
     // Our own strict CDI loader accepts it and resolves every naming form.
-    let reg = gpu_core::cdi::Registry::load(std::slice::from_ref(&cdi_dir));
-    ensure!(reg.errors().is_empty(), "{:?}", reg.errors());
+    let reg = generate_cdi(d.path(), &cfg, "nvidia.yaml")?;
+    let text = std::fs::read_to_string(d.path().join("cdi/nvidia.yaml"))?;
+    ensure!(!text.contains("hook"), "no hooks: {text}");
     let names = reg.names();
     for n in ["nvidia.com/gpu=0", "nvidia.com/gpu=1", "nvidia.com/gpu=all"] {
         ensure!(names.contains(&n.to_string()), "{n} missing from {names:?}");
@@ -255,19 +254,7 @@ fn info_and_cdi_on_a_mig_host_through_the_fake_nvml() -> Result<()> {
         text.contains(&gpu_core::fixture::mig_uuid(0, 1)) && text.contains("(gi 2, ci 0)"),
         "{text}"
     );
-    let cdi = d.path().join("cdi");
-    std::fs::create_dir_all(&cdi)?;
-    let out = cli(&[
-        "--config",
-        &cfg,
-        "cdi",
-        "generate",
-        "--output",
-        &cdi.join("nvidia.json").display().to_string(),
-    ])?;
-    ensure!(out.status.success(), "{out:?}");
-    let reg = gpu_core::cdi::Registry::load(std::slice::from_ref(&cdi));
-    ensure!(reg.errors().is_empty(), "{:?}", reg.errors());
+    let reg = generate_cdi(d.path(), &cfg, "nvidia.json")?;
     for n in [
         "nvidia.com/gpu=0:1".to_string(),
         format!("nvidia.com/gpu={}", gpu_core::fixture::mig_uuid(0, 0)),

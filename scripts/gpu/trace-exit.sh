@@ -7,8 +7,8 @@ W=/tmp/nvs-trace; rm -rf "$W"; mkdir -p "$W/bin"
 tar -C "$W/bin" -xJf "$BUNDLE/bins.tar.xz"
 export PATH="$W/bin:$PATH"
 ST() { LD_LIBRARY_PATH="$BUNDLE/strace" "$BUNDLE/strace/strace" "$@"; }
-SOCK="$W/c.sock"
-cat >"$W/c.toml" <<EOC
+. "$(dirname "$0")/lib.sh"
+private_containerd_config "$W"
 version = 2
 root = "$W/root"
 state = "$W/state"
@@ -18,9 +18,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [ttrpc]
   address = "$SOCK.ttrpc"
 EOC
-setsid containerd --log-level debug --config "$W/c.toml" >"$W/containerd.log" 2>&1 &
+setsid containerd --log-level debug --config "$W/containerd.toml" >"$W/containerd.log" 2>&1 &
 CTR=(ctr --address "$SOCK" --namespace t)
-for _ in $(seq 100); do "${CTR[@]}" version >/dev/null 2>&1 && break; sleep 0.1; done
+wait_containerd
 for r in r0 r1 r2 r3 r4 r5 g0 g1 g2 g3 g4 g5; do
     mkdir -p "$W/$r/bin" "$W/$r/proc" "$W/$r/dev" "$W/$r/sys"
     cp "$W/bin/busybox" "$W/$r/bin/"; ln -s busybox "$W/$r/bin/sleep"; ln -s busybox "$W/$r/bin/true"
@@ -50,4 +50,4 @@ done
 cat "$W/runs.txt" "$W/events.txt" >"$OUT/diag.txt"
 cp "$W/strace-ours.txt" "$OUT/" ; cp "$W/strace-go.txt" "$OUT/"
 grep -E 'wait returns|state request|delete request|init exit published|output EOF' "$W/containerd.log" | grep -oE 'time="[^"]+"|msg="[^"]+"|id=ours[0-9]' | paste -sd' ' | sed 's/ time=/\ntime=/g' >"$OUT/shimlog.txt"
-pkill -f "containerd --log-level debug --config $W/c.toml"
+pkill -f "containerd --log-level debug --config $W/containerd.toml"
