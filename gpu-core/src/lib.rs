@@ -7,6 +7,8 @@
 //! - **apply** turns the edits into OCI spec changes (device nodes, cgroup rules, mounts, env) and
 //!   writes the container's loader cache strictly inside its root.
 
+#![warn(missing_docs)]
+
 pub mod apply;
 pub mod cdi;
 pub mod config;

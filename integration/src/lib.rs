@@ -4,6 +4,8 @@
 //! Every [`Containerd`] checks on drop-free demand ([`Containerd::assert_clean`]) that no shim
 //! process, shim socket, runc state or mount of its own is left behind.
 
+#![warn(missing_docs)]
+
 pub mod image;
 
 use std::fs;

@@ -3,6 +3,8 @@
 //! The structs are written by hand with `prost` derives so the build needs no `protoc`. Field numbers
 //! follow containerd's `.proto` files; they are the wire contract and must never be renumbered.
 
+#![warn(missing_docs)]
+
 use prost::Message;
 
 /// `runtimeoptions.v1.Options`: what CRI sends for every `runtime_type` that is not runc

@@ -20,8 +20,11 @@ pub enum Cgroup {
     V2(PathBuf),
     /// Per-controller directories.
     V1 {
+        /// The memory controller's directory.
         memory: Option<PathBuf>,
+        /// The cpuacct controller's directory.
         cpuacct: Option<PathBuf>,
+        /// The pids controller's directory.
         pids: Option<PathBuf>,
     },
 }

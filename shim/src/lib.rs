@@ -2,6 +2,8 @@
 //! edits (through `gpu-core`) before `runc create`. The binary is a thin adapter: `start` and
 //! `delete` are one-shot actions, serve mode runs the ttrpc task service.
 
+#![warn(missing_docs)]
+
 pub mod cgroup;
 pub mod cli;
 pub mod delete;
