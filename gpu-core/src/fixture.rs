@@ -57,6 +57,10 @@ pub struct FakeHost {
 
 /// Builds a shared library with `soname` exporting `fake_driver_id()` returning `id`.
 pub fn build_lib(out: &Path, soname: &str, id: &str) -> io::Result<()> {
+    build_lib_with(out, soname, id, &[])
+}
+
+fn build_lib_with(out: &Path, soname: &str, id: &str, extra: &[&str]) -> io::Result<()> {
     let src = out.with_extension("c");
     std::fs::write(
         &src,
@@ -64,6 +68,7 @@ pub fn build_lib(out: &Path, soname: &str, id: &str) -> io::Result<()> {
     )?;
     let st = Command::new("cc")
         .args(["-shared", "-fPIC", "-O1", "-nostdlib"])
+        .args(extra)
         .arg(format!("-Wl,-soname,{soname}"))
         .arg("-o")
         .arg(out)
@@ -295,6 +300,24 @@ impl FakeHost {
             layout,
             uuids,
         })
+    }
+
+    /// Adds a 32-bit (i386) build of a driver library in the root's 32-bit library directory, for
+    /// `compat32`. Needs only the compiler's `-m32` code generation (no 32-bit libc).
+    pub fn add_32bit_lib(&self, prefix: &str, soname: &str) -> io::Result<PathBuf> {
+        let dir = match self.layout {
+            Layout::Standard => self.root.join("usr/lib/i386-linux-gnu"),
+            Layout::Gke => self.root.join("lib"),
+        };
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join(format!("{prefix}.{VERSION}"));
+        build_lib_with(
+            &file,
+            soname,
+            &format!("real32 {prefix} {VERSION}"),
+            &["-m32"],
+        )?;
+        Ok(file)
     }
 
     /// A shim config pointing at this host (cache and CDI dirs inside `dir`).

@@ -615,3 +615,36 @@ fn containerized_driver_root_resolves_absolute_links_inside_the_root() {
     assert_eq!(cuda.path, real_dir.join(&name).canonicalize().unwrap());
     assert_eq!(cuda.soname.as_deref(), Some("libcuda.so.1"));
 }
+
+#[test]
+fn compat32_injects_32bit_libraries_into_the_32bit_dir() {
+    let e = env(Layout::Standard, 1);
+    e.host.add_32bit_lib("libcuda.so", "libcuda.so.1").unwrap();
+    let name = format!("libcuda.so.{VERSION}");
+    let dest32 = format!("/usr/lib/i386-linux-gnu/{name}");
+    let dflt = plan(&e, &["NVIDIA_VISIBLE_DEVICES=0"]).unwrap().unwrap();
+    assert!(
+        !dests(&dflt).contains(&dest32.as_str()),
+        "32-bit libs only with compat32"
+    );
+    let p = plan(
+        &e,
+        &[
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "NVIDIA_DRIVER_CAPABILITIES=compute,compat32",
+        ],
+    )
+    .unwrap()
+    .unwrap();
+    assert!(dests(&p).contains(&dest32.as_str()), "{:?}", dests(&p));
+    assert!(dests(&p).contains(&format!("/usr/lib/x86_64-linux-gnu/{name}").as_str()));
+    let e32 = p
+        .ld_entries
+        .iter()
+        .find(|x| x.value == dest32)
+        .expect("loader entry for the 32-bit library");
+    assert_eq!(
+        (e32.key.as_str(), e32.flags),
+        ("libcuda.so.1", gpu_core::ldcache::FLAGS_LIB32)
+    );
+}
