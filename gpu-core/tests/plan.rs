@@ -648,3 +648,36 @@ fn compat32_injects_32bit_libraries_into_the_32bit_dir() {
         ("libcuda.so.1", gpu_core::ldcache::FLAGS_LIB32)
     );
 }
+
+#[test]
+fn graphics_brings_its_libraries_and_config_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = FakeHost::build(dir.path(), Layout::Standard, 1).unwrap();
+    let icd = host.root.join("usr/share/glvnd/egl_vendor.d");
+    std::fs::create_dir_all(&icd).unwrap();
+    std::fs::write(icd.join("10_nvidia.json"), "{}").unwrap();
+    let e = Env {
+        injector: Injector::new(host.config()),
+        host,
+        _dir: dir,
+    };
+    let glcore = format!("/usr/lib/x86_64-linux-gnu/libnvidia-glcore.so.{VERSION}");
+    let p = plan(
+        &e,
+        &[
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "NVIDIA_DRIVER_CAPABILITIES=graphics",
+        ],
+    )
+    .unwrap()
+    .unwrap();
+    let d = dests(&p);
+    assert!(d.contains(&glcore.as_str()), "{d:?}");
+    assert!(
+        d.contains(&"/usr/share/glvnd/egl_vendor.d/10_nvidia.json"),
+        "{d:?}"
+    );
+    let compute = plan(&e, &["NVIDIA_VISIBLE_DEVICES=0"]).unwrap().unwrap();
+    assert!(!dests(&compute).contains(&glcore.as_str()));
+    assert!(!dests(&compute).contains(&"/usr/share/glvnd/egl_vendor.d/10_nvidia.json"));
+}
