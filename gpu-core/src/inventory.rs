@@ -219,6 +219,9 @@ pub enum GpuSource {
 pub struct Inventory {
     /// Kernel module (NVRM) version, e.g. `580.95.05`.
     pub driver_version: String,
+    /// What a cached copy must still match ([`crate::discover::host_state`]).
+    #[serde(default)]
+    pub host_state: String,
     /// Highest CUDA version the driver supports, `M.m`.
     pub cuda_version: Option<String>,
     /// How `cuda_version` was obtained (`nvml` or `driver-branch table`).

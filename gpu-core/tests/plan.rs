@@ -681,3 +681,45 @@ fn graphics_brings_its_libraries_and_config_files() {
     assert!(!dests(&compute).contains(&glcore.as_str()));
     assert!(!dests(&compute).contains(&"/usr/share/glvnd/egl_vendor.d/10_nvidia.json"));
 }
+
+#[test]
+fn cached_inventory_is_rediscovered_when_the_mig_layout_changes() {
+    let e = env(Layout::Standard, 1);
+    let host = || Host::new(e.host.config().driver);
+    let first = host().inventory().unwrap();
+    assert!(first
+        .libraries
+        .iter()
+        .any(|l| l.prefix == "libnvidia-cfg.so"));
+    // Remove a library: a cache hit still lists it, a rediscovery does not.
+    let libdir = e.host.root.join("usr/lib/x86_64-linux-gnu");
+    std::fs::remove_file(libdir.join(format!("libnvidia-cfg.so.{VERSION}"))).unwrap();
+    let cached = host().inventory().unwrap();
+    assert!(
+        cached
+            .libraries
+            .iter()
+            .any(|l| l.prefix == "libnvidia-cfg.so"),
+        "served from cache"
+    );
+    // A new GPU instance appears under procfs: the cache no longer matches.
+    std::fs::create_dir_all(
+        e.host
+            .proc_root
+            .join("driver/nvidia/capabilities/gpu0/mig/gi3/ci0"),
+    )
+    .unwrap();
+    let fresh = host().inventory().unwrap();
+    assert!(
+        !fresh
+            .libraries
+            .iter()
+            .any(|l| l.prefix == "libnvidia-cfg.so"),
+        "rediscovered"
+    );
+    assert!(
+        fresh.host_state.ends_with(";gpu0/gi3,ci0"),
+        "{}",
+        fresh.host_state
+    );
+}

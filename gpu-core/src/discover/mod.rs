@@ -19,7 +19,7 @@ use crate::inventory::{GpuSource, Inventory};
 use crate::GpuError;
 
 /// Bumped whenever [`Inventory`]'s shape changes, so stale cache files are ignored.
-const CACHE_FORMAT: u32 = 1;
+const CACHE_FORMAT: u32 = 2;
 
 /// The seam between gpu-core and the host.
 pub trait Discovery: Send + Sync {
@@ -76,15 +76,16 @@ impl Host {
 impl Discovery for Host {
     fn inventory(&self) -> Result<Arc<Inventory>, GpuError> {
         let version = driver_version(&self.cfg.proc_root)?;
+        let state = host_state(&self.cfg.proc_root, &version);
         let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(inv) = memo.as_ref().filter(|i| i.driver_version == version) {
+        if let Some(inv) = memo.as_ref().filter(|i| i.host_state == state) {
             return Ok(inv.clone());
         }
         let path = self.cache_file();
         let cached = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice::<Inventory>(&b).ok())
-            .filter(|i| i.driver_version == version);
+            .filter(|i| i.host_state == state);
         let inv = match cached {
             Some(i) => i,
             None => {
@@ -120,6 +121,41 @@ fn tempfile_in(dir: &Path) -> std::io::Result<PathBuf> {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0)
     )))
+}
+
+fn sorted_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// What a cached inventory must still match: the driver version, the GPUs' bus ids and the MIG
+/// layout (GPU and compute instances appear under `driver/nvidia/capabilities/gpuN/mig`). A few
+/// directory reads on each Create, so a MIG reconfiguration is never served from a stale cache.
+pub fn host_state(proc_root: &Path, version: &str) -> String {
+    let mut s = format!(
+        "{version};{}",
+        sorted_names(&proc_root.join("driver/nvidia/gpus")).join(",")
+    );
+    let caps = proc_root.join("driver/nvidia/capabilities");
+    for gpu in sorted_names(&caps).iter().filter(|g| g.starts_with("gpu")) {
+        let mig = caps.join(gpu).join("mig");
+        for gi in sorted_names(&mig).iter().filter(|g| g.starts_with("gi")) {
+            s.push_str(&format!(";{gpu}/{gi}"));
+            for ci in sorted_names(&mig.join(gi))
+                .iter()
+                .filter(|c| c.starts_with("ci"))
+            {
+                s.push_str(&format!(",{ci}"));
+            }
+        }
+    }
+    s
 }
 
 /// The loaded kernel module's version.
@@ -245,6 +281,7 @@ pub fn discover(cfg: &DriverConfig, version: &str) -> Result<Inventory, GpuError
         }
     }
     Ok(Inventory {
+        host_state: host_state(&cfg.proc_root, version),
         driver_version: version.to_string(),
         cuda_version,
         cuda_version_source: cuda_version_source.to_string(),
