@@ -66,10 +66,15 @@ impl Host {
             .join(format!("inventory-{:016x}.json", h.finish()))
     }
 
-    /// Discovers without any cache (what `nvidia-shim info --refresh` runs).
+    /// Discovers without reading the cache and rewrites it (what `nvidia-shim info --refresh` runs).
     pub fn discover_now(&self) -> Result<Inventory, GpuError> {
         let version = driver_version(&self.cfg.proc_root)?;
-        discover(&self.cfg, &version)
+        let inv = discover(&self.cfg, &version)?;
+        let path = self.cache_file();
+        if let Err(e) = write_cache(&path, &inv) {
+            tracing::debug!("not caching inventory at {}: {e}", path.display());
+        }
+        Ok(inv)
     }
 }
 
