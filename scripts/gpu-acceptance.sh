@@ -39,15 +39,6 @@ oneline() { tr '\n' ' ' | sed 's/|/\//g; s/  */ /g' | cut -c1-300; }
 . "$HERE/gpu/lib.sh"
 NS=acceptance
 private_containerd_config "$W"
-version = 2
-root = "$W/root"
-state = "$W/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$SOCK"
-[ttrpc]
-  address = "$SOCK.ttrpc"
-EOF
 cat >"$W/shim.toml" <<EOF
 [driver]
 root = "$DRIVER_ROOT"

@@ -9,15 +9,6 @@ export PATH="$W/bin:$PATH"
 ST() { LD_LIBRARY_PATH="$BUNDLE/strace" "$BUNDLE/strace/strace" "$@"; }
 . "$(dirname "$0")/lib.sh"
 private_containerd_config "$W"
-version = 2
-root = "$W/root"
-state = "$W/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$SOCK"
-[ttrpc]
-  address = "$SOCK.ttrpc"
-EOC
 setsid containerd --log-level debug --config "$W/containerd.toml" >"$W/containerd.log" 2>&1 &
 CTR=(ctr --address "$SOCK" --namespace t)
 wait_containerd
