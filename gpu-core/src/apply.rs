@@ -56,7 +56,7 @@ pub fn apply_to_spec(plan: &Plan, spec: &mut Spec) -> Result<(), GpuError> {
                 .major(n.major)
                 .minor(n.minor)
                 .file_mode(n.mode)
-                .uid(0u32)
+                .uid(n.uid)
                 .gid(n.gid)
                 .build()
                 .map_err(build_err)?,

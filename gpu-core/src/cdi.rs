@@ -257,6 +257,12 @@ impl Registry {
                         h.path
                     )));
                 }
+                if edits.intel_rdt.is_some() || !edits.net_devices.is_empty() {
+                    return Err(GpuError::Refused(format!(
+                        "CDI device {n} ({}) asks for intelRdt or netDevices, which this runtime does not apply",
+                        e.file.display()
+                    )));
+                }
                 add_edits(n, edits, plan)?;
             }
             plan.selected.push(n.clone());
@@ -300,13 +306,13 @@ fn add_edits(name: &str, e: &Edits, plan: &mut Plan) -> Result<(), GpuError> {
                 )
             }
         };
-        let _ = n.uid;
         plan.devices.retain(|d| d.path != n.path);
         plan.devices.push(DeviceNode {
             path: n.path.clone(),
             major,
             minor,
             mode,
+            uid: n.uid.unwrap_or(0),
             gid,
         });
         if n.permissions.as_deref() == Some("none") {

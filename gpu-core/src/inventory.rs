@@ -154,6 +154,9 @@ pub struct DeviceNode {
     pub minor: i64,
     /// Permission bits of the host node.
     pub mode: u32,
+    /// Owner of the node in the container.
+    #[serde(default)]
+    pub uid: u32,
     /// Group owning the host node.
     pub gid: u32,
 }

@@ -368,7 +368,7 @@ fn cdi_devices_resolve_and_hooks_are_refused() {
     std::fs::create_dir_all(&cdi).unwrap();
     std::fs::write(
         cdi.join("vendor.yaml"),
-        "cdiVersion: 0.5.0\nkind: example.com/dev\ndevices:\n- name: \"0\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/example0\n      type: c\n      major: 10\n      minor: 200\n    env: [EXAMPLE=1]\ncontainerEdits:\n  mounts:\n  - hostPath: /etc/hostname\n    containerPath: /etc/example-host\n    options: [ro, bind]\n",
+        "cdiVersion: 0.5.0\nkind: example.com/dev\ndevices:\n- name: \"0\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/example0\n      type: c\n      major: 10\n      minor: 200\n      uid: 1000\n    env: [EXAMPLE=1]\ncontainerEdits:\n  mounts:\n  - hostPath: /etc/hostname\n    containerPath: /etc/example-host\n    options: [ro, bind]\n",
     )
     .unwrap();
     std::fs::write(cdi.join("broken.json"), "{ not json").unwrap();
@@ -380,9 +380,18 @@ fn cdi_devices_resolve_and_hooks_are_refused() {
     let s = spec(&[], &[("cdi.k8s.io/test_0", "example.com/dev=0")], false);
     let p = e.injector.plan(&s, &debian()).unwrap().unwrap();
     assert_eq!(nodes(&p), vec!["/dev/example0"]);
-    assert_eq!(p.devices[0].major, 10);
+    assert_eq!((p.devices[0].major, p.devices[0].uid), (10, 1000));
     assert!(p.env.contains(&"EXAMPLE=1".to_string()));
     assert!(dests(&p).contains(&"/etc/example-host"));
+
+    std::fs::write(
+        cdi.join("net.yaml"),
+        "cdiVersion: 1.1.0\nkind: net.example.com/nic\ndevices:\n- name: a\n  containerEdits:\n    netDevices:\n    - hostInterfaceName: eth9\n      name: eth0\n",
+    )
+    .unwrap();
+    let s = spec(&[], &[("cdi.k8s.io/n", "net.example.com/nic=a")], false);
+    let err = e.injector.plan(&s, &debian()).unwrap_err().to_string();
+    assert!(err.contains("netDevices"), "{err}");
 
     let s = spec(&[], &[("cdi.k8s.io/x", "evil.com/gpu=all")], false);
     let err = e.injector.plan(&s, &debian()).unwrap_err().to_string();

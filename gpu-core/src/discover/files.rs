@@ -227,6 +227,7 @@ pub fn char_node(dev_root: &Path, path: &str) -> Option<DeviceNode> {
         major: libc::major(rdev) as i64,
         minor: libc::minor(rdev) as i64,
         mode: m.mode() & 0o7777,
+        uid: m.uid(),
         gid: m.gid(),
     })
 }
@@ -239,6 +240,7 @@ pub fn node_from_major(path: &str, major: i64, minor: i64) -> DeviceNode {
         major,
         minor,
         mode: 0o666,
+        uid: 0,
         gid: 0,
     }
 }

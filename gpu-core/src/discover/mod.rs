@@ -19,7 +19,7 @@ use crate::inventory::{GpuSource, Inventory};
 use crate::GpuError;
 
 /// Bumped whenever [`Inventory`]'s shape changes, so stale cache files are ignored.
-const CACHE_FORMAT: u32 = 2;
+const CACHE_FORMAT: u32 = 3;
 
 /// The seam between gpu-core and the host.
 pub trait Discovery: Send + Sync {
