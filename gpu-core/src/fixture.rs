@@ -336,8 +336,15 @@ impl FakeHost {
         c
     }
 
-    /// The same config as TOML, for `--runtime-config-path`.
-    pub fn config_toml(&self) -> String {
+    /// Writes [`FakeHost::config`] as TOML to `<dir>/shim.toml` (for `--runtime-config-path` and
+    /// `nvidia-shim --config`); returns its path.
+    pub fn write_config(&self) -> io::Result<String> {
+        let path = self.dir.join("shim.toml");
+        std::fs::write(&path, self.config_toml())?;
+        Ok(path.display().to_string())
+    }
+
+    fn config_toml(&self) -> String {
         let c = self.config();
         format!(
             "[driver]\nroot = {:?}\ndev_root = {:?}\nproc_root = {:?}\nnvml_library = {:?}\ncache_dir = {:?}\n[gpu]\ncdi_spec_dirs = [{:?}]\n",

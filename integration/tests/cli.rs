@@ -17,9 +17,7 @@ fn cli(args: &[&str]) -> Result<Output> {
 fn fake(gpus: usize) -> Result<(tempfile::TempDir, FakeHost, String)> {
     let dir = tempfile::tempdir()?;
     let host = FakeHost::build(dir.path(), Layout::Standard, gpus)?;
-    let cfg = dir.path().join("shim.toml");
-    std::fs::write(&cfg, host.config_toml())?;
-    let cfg = cfg.display().to_string();
+    let cfg = host.write_config()?;
     Ok((dir, host, cfg))
 }
 
@@ -241,9 +239,7 @@ fn doctor_reports_and_fixes_dev_char_links() -> Result<()> {
 fn info_and_cdi_on_a_mig_host_through_the_fake_nvml() -> Result<()> {
     let d = tempfile::tempdir()?;
     let host = FakeHost::build_with_nvml(d.path(), Layout::Gke, 2, true)?;
-    let cfg = d.path().join("shim.toml");
-    std::fs::write(&cfg, host.config_toml())?;
-    let cfg = cfg.display().to_string();
+    let cfg = host.write_config()?;
     let out = cli(&["--config", &cfg, "info"])?;
     let text = stdout(&out);
     ensure!(

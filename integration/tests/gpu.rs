@@ -20,13 +20,12 @@ fn setup() -> Result<Gpu> {
         .prefix("nvfake-")
         .tempdir_in("/tmp")?;
     let host = FakeHost::build(host_dir.path(), Layout::Gke, 2)?;
-    let config = host_dir.path().join("shim.toml");
-    std::fs::write(&config, host.config_toml())?;
+    let config = host.write_config()?;
     Ok(Gpu {
         c,
         _host_dir: host_dir,
         host,
-        config: config.display().to_string(),
+        config,
     })
 }
 

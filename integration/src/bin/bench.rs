@@ -115,9 +115,7 @@ fn main() -> Result<()> {
         .prefix("nvbench-")
         .tempdir_in("/tmp")?;
     let host = FakeHost::build(host_dir.path(), Layout::Gke, 8)?;
-    let cfg = host_dir.path().join("shim.toml");
-    std::fs::write(&cfg, host.config_toml())?;
-    let cfg = cfg.display().to_string();
+    let cfg = host.write_config()?;
     let gpu = [
         "--runtime-config-path",
         cfg.as_str(),

@@ -114,9 +114,7 @@ fn gpu_demo(c: &mut Containerd) -> Result<()> {
             gpu_core::fixture::VERSION,
             host.root.display()
         );
-        let cfg = _host_dir.path().join("shim.toml");
-        std::fs::write(&cfg, host.config_toml())?;
-        Some(cfg.display().to_string())
+        Some(host.write_config()?)
     };
     let mut opts: Vec<String> = vec!["--rm".into()];
     if let Some(cfg) = &config {
