@@ -5,7 +5,7 @@ use oci_spec::runtime::{
     LinuxResourcesBuilder, MountBuilder, Spec,
 };
 
-use crate::inroot::Root;
+use crate::inroot::{InRootError, Root};
 use crate::ldcache;
 use crate::plan::{ImageLayout, Plan};
 use crate::GpuError;
@@ -127,21 +127,56 @@ pub fn apply_to_spec(plan: &Plan, spec: &mut Spec) -> Result<(), GpuError> {
     Ok(())
 }
 
-/// Largest image loader cache we read back before merging.
+/// Largest image loader cache read back before merging.
 const CACHE_LIMIT: u64 = 16 << 20;
 
-/// Merges the plan's loader entries into the image's `/etc/ld.so.cache`, in-root. An unreadable
-/// or symlinked cache is replaced rather than followed.
-pub fn write_ld_cache(plan: &Plan, root: &Root) -> Result<(), GpuError> {
+/// Merges the plan's loader entries into the image's `/etc/ld.so.cache`, in-root.
+///
+/// The image's cache is hostile input: one that is not a regular file, is over the size bound
+/// or does not parse within [`ldcache::Limits::IMAGE`] is dropped (the new cache then holds only
+/// the injected libraries) and the reason comes back as a warning. A read-only root gets no
+/// cache at all, also with a warning: the libraries are still bound into the image's library
+/// dir. A symlinked `/etc` or a directory at `/etc/ld.so.cache` is refused.
+pub fn write_ld_cache(plan: &Plan, root: &Root) -> Result<Vec<String>, GpuError> {
+    let mut warnings = Vec::new();
     if plan.ld_entries.is_empty() {
-        return Ok(());
+        return Ok(warnings);
     }
-    let existing = root
-        .read("/etc/ld.so.cache", CACHE_LIMIT)
-        .ok()
-        .and_then(|b| ldcache::parse(&b).ok())
-        .unwrap_or_default();
+    let existing = match root.read("/etc/ld.so.cache", CACHE_LIMIT) {
+        Ok(bytes) => match ldcache::parse_bounded(&bytes, ldcache::Limits::IMAGE) {
+            Ok(entries) => entries,
+            Err(e) => {
+                warnings.push(format!(
+                    "the image's /etc/ld.so.cache was dropped ({e}); the new cache lists only the driver's libraries"
+                ));
+                Vec::new()
+            }
+        },
+        Err(e) if e.is_not_found() => Vec::new(),
+        // What cannot be read is replaced, never followed or opened; a path that cannot be
+        // written either (a symlinked /etc, a directory) is refused by the write below.
+        Err(e) => {
+            warnings.push(format!(
+                "the image's /etc/ld.so.cache was not read ({e}); it is replaced by one listing only the driver's libraries"
+            ));
+            Vec::new()
+        }
+    };
     let bytes = ldcache::write(&ldcache::merge(existing, &plan.ld_entries));
-    root.write_atomic("/etc", "ld.so.cache", &bytes, 0o644)
-        .map_err(|e| GpuError::Refused(format!("writing the container's /etc/ld.so.cache: {e}")))
+    match root.write_atomic("/etc", "ld.so.cache", &bytes, 0o644) {
+        Ok(()) => Ok(warnings),
+        Err(InRootError::ReadOnly) => {
+            warnings.push(
+                "the root filesystem is read-only: /etc/ld.so.cache was not updated; the driver's \
+                 libraries are bound into the image's library directory"
+                    .into(),
+            );
+            Ok(warnings)
+        }
+        Err(e) => Err(cache_error(e)),
+    }
+}
+
+fn cache_error(e: InRootError) -> GpuError {
+    GpuError::Refused(format!("writing the container's /etc/ld.so.cache: {e}"))
 }

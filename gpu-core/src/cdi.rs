@@ -126,8 +126,11 @@ pub struct Registry {
     errors: Vec<String>,
 }
 
+/// Largest CDI spec file read (a generated spec for eight MIG-partitioned GPUs is about 100 KiB).
+pub const SPEC_LIMIT: u64 = 8 << 20;
+
 fn load_file(path: &Path) -> Result<SpecFile, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let text = crate::hostfile::read_text(path, SPEC_LIMIT).map_err(|e| e.to_string())?;
     let spec: SpecFile = serde_yaml::from_str(&text).map_err(|e| e.to_string())?;
     let v = spec.cdi_version.trim_start_matches('v');
     if !VERSIONS.contains(&v) {
@@ -224,11 +227,14 @@ impl Registry {
         if !missing.is_empty() {
             let mut msg = format!(
                 "unresolvable CDI devices {} (known: {})",
-                missing
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                crate::echo::clipped(
+                    &missing
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    crate::echo::ECHO_LIMIT
+                ),
                 if self.devices.is_empty() {
                     "none".to_string()
                 } else {

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// Largest configuration file read (a full one with comments is about 2 KiB).
+pub const CONFIG_LIMIT: u64 = 1 << 20;
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/nvidia-shim/config.toml";
 /// Environment variable naming a configuration file (containerd passes its environment to shims).
@@ -93,6 +95,10 @@ pub struct GpuConfig {
     pub cdi_spec_dirs: Vec<PathBuf>,
     /// Annotation key prefixes that carry CDI device names.
     pub cdi_annotation_prefixes: Vec<String>,
+    /// Time limit, in milliseconds, on a Create's GPU work (driver discovery, reading and writing
+    /// the image's loader cache, CDI specs). Past it the Create fails and leaves nothing behind;
+    /// the pod's other containers are served meanwhile either way.
+    pub prepare_timeout_ms: u64,
 }
 
 impl Default for GpuConfig {
@@ -103,6 +109,7 @@ impl Default for GpuConfig {
             disable_require: false,
             cdi_spec_dirs: vec!["/etc/cdi".into(), "/var/run/cdi".into()],
             cdi_annotation_prefixes: vec!["cdi.k8s.io/".into()],
+            prepare_timeout_ms: 10_000,
         }
     }
 }
@@ -204,15 +211,22 @@ impl ShimConfig {
         if self.runc.binary.is_empty() {
             return bad("runc.binary must not be empty".into());
         }
+        if !(1..=600_000).contains(&self.gpu.prepare_timeout_ms) {
+            return bad(format!(
+                "gpu.prepare_timeout_ms = {} must be between 1 and 600000",
+                self.gpu.prepare_timeout_ms
+            ));
+        }
         Ok(())
     }
 
-    /// Reads a configuration file.
+    /// Reads a configuration file (a regular file of at most [`CONFIG_LIMIT`] bytes).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            crate::hostfile::read_text(path, CONFIG_LIMIT).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -306,6 +320,7 @@ mod tests {
         let d = ShimConfig::default();
         assert_eq!(cfg.gpu.accept_volume_mounts, d.gpu.accept_volume_mounts);
         assert_eq!(cfg.gpu.cdi_spec_dirs, d.gpu.cdi_spec_dirs);
+        assert_eq!(cfg.gpu.prepare_timeout_ms, d.gpu.prepare_timeout_ms);
         assert_eq!(cfg.runc.root, d.runc.root);
         assert_eq!(cfg.driver.root, d.driver.root);
     }

@@ -70,6 +70,31 @@ pub enum LdCacheError {
     /// A big-endian cache on this little-endian host (or the other way round).
     #[error("ld.so.cache of foreign endianness")]
     ForeignEndian,
+    /// Over one of the [`Limits`]: a real cache never is, a crafted one may be.
+    #[error("ld.so.cache over the bounds: {0}")]
+    TooLarge(String),
+}
+
+/// Bounds on what [`parse`] accepts, so a crafted cache (every entry pointing at one long
+/// string, say) cannot make the reader allocate or the writer write without bound.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most entries.
+    pub max_entries: usize,
+    /// Longest key or value, in bytes (a path: `PATH_MAX`).
+    pub max_string: usize,
+    /// Most bytes of strings over all entries, as copied out (shared strings count each time).
+    pub max_total_strings: usize,
+}
+
+impl Limits {
+    /// Bounds for an image's cache: a full desktop distribution's cache holds a few thousand
+    /// entries and well under 1 MiB of strings.
+    pub const IMAGE: Limits = Limits {
+        max_entries: 32 * 1024,
+        max_string: 4096,
+        max_total_strings: 4 << 20,
+    };
 }
 
 fn u32_at(b: &[u8], off: usize) -> Result<u32, LdCacheError> {
@@ -86,17 +111,38 @@ fn u64_at(b: &[u8], off: usize) -> Result<u64, LdCacheError> {
         .ok_or(LdCacheError::Corrupt)
 }
 
-fn cstr_at(b: &[u8], off: usize) -> Result<String, LdCacheError> {
+/// The NUL-terminated string at `off`, at most `max` bytes long (the scan stops there too, so a
+/// string without a terminator costs `max` bytes, not the rest of the file).
+fn cstr_at(b: &[u8], off: usize, max: usize) -> Result<String, LdCacheError> {
     let rest = b.get(off..).ok_or(LdCacheError::Corrupt)?;
-    let end = rest
-        .iter()
-        .position(|c| *c == 0)
-        .ok_or(LdCacheError::Corrupt)?;
+    let window = &rest[..rest.len().min(max + 1)];
+    let Some(end) = window.iter().position(|c| *c == 0) else {
+        return Err(if window.len() > max {
+            LdCacheError::TooLarge(format!(
+                "a string at offset {off} is longer than {max} bytes"
+            ))
+        } else {
+            LdCacheError::Corrupt
+        });
+    };
     Ok(String::from_utf8_lossy(&rest[..end]).into_owned())
 }
 
-/// Parses a cache file's bytes into its entries (new-format entries; the old section is skipped).
+/// Parses a trusted cache (the host's or a driver root's); see [`parse_bounded`].
 pub fn parse(bytes: &[u8]) -> Result<Vec<Entry>, LdCacheError> {
+    parse_bounded(
+        bytes,
+        Limits {
+            max_entries: usize::MAX,
+            max_string: 4096,
+            max_total_strings: usize::MAX,
+        },
+    )
+}
+
+/// Parses a cache file's bytes into its entries (new-format entries; the old section is skipped),
+/// refusing anything over `limits` before allocating for it.
+pub fn parse_bounded(bytes: &[u8], limits: Limits) -> Result<Vec<Entry>, LdCacheError> {
     let start = if bytes.starts_with(NEW_MAGIC) {
         0
     } else if bytes.starts_with(OLD_MAGIC) {
@@ -129,17 +175,31 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Entry>, LdCacheError> {
     if table_end > b.len() {
         return Err(LdCacheError::Corrupt);
     }
+    if nlibs > limits.max_entries {
+        return Err(LdCacheError::TooLarge(format!(
+            "{nlibs} entries (limit {})",
+            limits.max_entries
+        )));
+    }
     let mut out = Vec::with_capacity(nlibs);
+    let mut total = 0usize;
     for i in 0..nlibs {
         let e = NEW_HEADER + i * NEW_ENTRY;
         let flags = u32_at(b, e)? as i32;
-        let key = u32_at(b, e + 4)? as usize;
-        let value = u32_at(b, e + 8)? as usize;
+        let key = cstr_at(b, u32_at(b, e + 4)? as usize, limits.max_string)?;
+        let value = cstr_at(b, u32_at(b, e + 8)? as usize, limits.max_string)?;
         let hwcap = u64_at(b, e + 16)?;
+        total = total.saturating_add(key.len() + value.len());
+        if total > limits.max_total_strings {
+            return Err(LdCacheError::TooLarge(format!(
+                "more than {} bytes of names",
+                limits.max_total_strings
+            )));
+        }
         out.push(Entry {
             flags,
-            key: cstr_at(b, key)?,
-            value: cstr_at(b, value)?,
+            key,
+            value,
             hwcap,
         });
     }
@@ -333,5 +393,50 @@ mod tests {
         let mut b = write(&[]);
         b[20..24].copy_from_slice(&u32::MAX.to_ne_bytes());
         assert_eq!(parse(&b), Err(LdCacheError::Corrupt));
+    }
+
+    /// A crafted cache: `n` entries whose keys and values all point at one `len`-byte string.
+    pub(crate) fn shared_string_cache(n: usize, len: usize) -> Vec<u8> {
+        let strings_at = NEW_HEADER + n * NEW_ENTRY;
+        let mut b = Vec::with_capacity(strings_at + len + 1);
+        b.extend_from_slice(NEW_MAGIC);
+        b.extend_from_slice(&(n as u32).to_ne_bytes());
+        b.extend_from_slice(&((len + 1) as u32).to_ne_bytes());
+        b.push(2);
+        b.extend_from_slice(&[0; 3]);
+        b.extend_from_slice(&[0; 16]);
+        for _ in 0..n {
+            b.extend_from_slice(&FLAGS_LIB64.to_ne_bytes());
+            b.extend_from_slice(&(strings_at as u32).to_ne_bytes());
+            b.extend_from_slice(&(strings_at as u32).to_ne_bytes());
+            b.extend_from_slice(&0u32.to_ne_bytes());
+            b.extend_from_slice(&0u64.to_ne_bytes());
+        }
+        b.resize(strings_at + len, b'a');
+        b.push(0);
+        b
+    }
+
+    #[test]
+    fn crafted_caches_are_refused_within_bounds() {
+        // The adversarial run's case: 200k entries sharing an 11 MB string.
+        let b = shared_string_cache(200_000, 11 << 20);
+        assert!(matches!(
+            parse_bounded(&b, Limits::IMAGE),
+            Err(LdCacheError::TooLarge(_))
+        ));
+        // Few entries, one long shared string: each string is over the per-string bound.
+        let b = shared_string_cache(10, 100_000);
+        let e = parse_bounded(&b, Limits::IMAGE).unwrap_err();
+        assert!(e.to_string().contains("longer than 4096"), "{e}");
+        // Many entries sharing a path-sized string: the total bound trips.
+        let b = shared_string_cache(30_000, 4000);
+        let e = parse_bounded(&b, Limits::IMAGE).unwrap_err();
+        assert!(e.to_string().contains("bytes of names"), "{e}");
+        // Within bounds it parses, and writing it back stays proportionate.
+        let b = shared_string_cache(1000, 100);
+        let entries = parse_bounded(&b, Limits::IMAGE).unwrap();
+        assert_eq!(entries.len(), 1000);
+        assert!(write(&entries).len() < 48 + 1000 * (24 + 2 * 101) + 1);
     }
 }

@@ -13,8 +13,10 @@ pub mod apply;
 pub mod cdi;
 pub mod config;
 pub mod discover;
+pub mod echo;
 pub mod elf;
 pub mod fixture;
+pub mod hostfile;
 pub mod inroot;
 pub mod inventory;
 pub mod ldcache;
@@ -51,6 +53,9 @@ pub enum GpuError {
 pub struct Injected {
     /// Human summary.
     pub summary: String,
+    /// Things that went differently than asked but did not stop the container (an image cache
+    /// that was dropped, a read-only root), worded for the log.
+    pub warnings: Vec<String>,
 }
 
 /// The shim's handle on gpu-core: configuration plus the discovery seam.
@@ -112,9 +117,10 @@ impl Injector {
         let layout = apply::image_layout(&root);
         let p = self.plan_request(&req, &layout)?;
         apply::apply_to_spec(&p, spec)?;
-        apply::write_ld_cache(&p, &root)?;
+        let warnings = apply::write_ld_cache(&p, &root)?;
         Ok(Some(Injected {
             summary: p.summary(),
+            warnings,
         }))
     }
 }

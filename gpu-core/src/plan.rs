@@ -16,6 +16,8 @@ pub const RW_BIND: [&str; 5] = ["nosuid", "nodev", "noexec", "rbind", "rprivate"
 /// Driver file the container must not be able to rewrite: with it, the driver could be told to
 /// create device nodes for GPUs the container was not given.
 pub const MASKED_PARAMS: &str = "/proc/driver/nvidia/params";
+/// The driver's per-GPU directories, one per PCI bus id.
+pub const PROC_GPUS: &str = "/proc/driver/nvidia/gpus";
 
 /// Where the image keeps its libraries (decided from its rootfs by the caller).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,7 +102,11 @@ fn unknown_device(id: &str, inv: &Inventory) -> GpuError {
     } else {
         known.join(", ")
     };
-    GpuError::Refused(format!("unknown device {id:?} (this host has: {have})"))
+    GpuError::Refused(format!(
+        "unknown device {} (this host has: {})",
+        crate::echo::quoted(id),
+        crate::echo::clipped(&have, 4 * crate::echo::ECHO_LIMIT)
+    ))
 }
 
 fn resolve<'a>(id: &str, inv: &'a Inventory) -> Result<Selected<'a>, GpuError> {
@@ -177,9 +183,9 @@ fn check_requirements(
                 ""
             };
             return Err(GpuError::Refused(format!(
-                "unsatisfied requirement {}={:?}: this host has CUDA {}, driver {}{}{}",
-                r.var,
-                r.text,
+                "unsatisfied requirement {}={}: this host has CUDA {}, driver {}{}{}",
+                crate::echo::clipped(&r.var, crate::echo::ECHO_LIMIT),
+                crate::echo::quoted(&r.text),
                 inv.cuda_version.as_deref().unwrap_or("unknown"),
                 inv.driver_version,
                 match (&f.brand, &f.arch) {
@@ -338,5 +344,19 @@ pub fn plan(req: &Request, inv: &Inventory, image: &ImageLayout) -> Result<Plan,
         }
     }
     p.masked_paths.push(MASKED_PARAMS.into());
+    // Each GPU's /proc entry (model, bus, firmware, power state) is the container's to see only
+    // when it was given that GPU, as libnvidia-container shows it. runc refuses mounts inside
+    // /proc, so the others are masked: their directories stay listed but are empty.
+    let given: BTreeSet<&str> = selected
+        .iter()
+        .map(|s| match s {
+            Selected::Gpu(g) | Selected::Mig(g, _) => g.pci_bus_id.as_str(),
+        })
+        .collect();
+    for g in &inv.gpus {
+        if !given.contains(g.pci_bus_id.as_str()) && !g.pci_bus_id.is_empty() {
+            p.masked_paths.push(format!("{PROC_GPUS}/{}", g.pci_bus_id));
+        }
+    }
     Ok(p)
 }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use oci_spec::runtime::Spec;
 
 use crate::config::GpuConfig;
+use crate::echo::{clipped, quoted, ECHO_LIMIT};
 use crate::inventory::Capability;
 use crate::{require, GpuError, CONTAINER_TYPE_ANNOTATION};
 
@@ -90,6 +91,31 @@ fn split_list(v: &str) -> Vec<String> {
         .collect()
 }
 
+/// Longest device list accepted (env value or annotation), and most ids in it: a node has at
+/// most a few hundred GPUs and MIG devices, each id under 64 bytes.
+pub const MAX_LIST_BYTES: usize = 64 << 10;
+/// Most ids in one device list.
+pub const MAX_LIST_IDS: usize = 1024;
+
+/// Splits a device list after checking its size; `what` names where it came from.
+fn bounded_list(what: &str, v: &str) -> Result<Vec<String>, GpuError> {
+    if v.len() > MAX_LIST_BYTES {
+        return Err(GpuError::Refused(format!(
+            "{what} is {} bytes long, over the {MAX_LIST_BYTES}-byte limit: {}",
+            v.len(),
+            quoted(v)
+        )));
+    }
+    let ids = split_list(v);
+    if ids.len() > MAX_LIST_IDS {
+        return Err(GpuError::Refused(format!(
+            "{what} names {} devices, over the limit of {MAX_LIST_IDS}",
+            ids.len()
+        )));
+    }
+    Ok(ids)
+}
+
 fn devices_from_ids(ids: Vec<String>) -> Option<Devices> {
     if ids.is_empty() || ids.iter().any(|i| i == "void") {
         return None;
@@ -107,12 +133,19 @@ fn devices_from_ids(ids: Vec<String>) -> Option<Devices> {
 
 /// Validates a fully-qualified CDI name `vendor/class=name`.
 pub fn check_cdi_name(name: &str) -> Result<(), String> {
-    let (kind, dev) = name
-        .split_once('=')
-        .ok_or_else(|| format!("{name:?} is not a qualified CDI name (vendor/class=device)"))?;
-    let (vendor, class) = kind
-        .split_once('/')
-        .ok_or_else(|| format!("{name:?}: kind {kind:?} is not vendor/class"))?;
+    let (kind, dev) = name.split_once('=').ok_or_else(|| {
+        format!(
+            "{} is not a qualified CDI name (vendor/class=device)",
+            quoted(name)
+        )
+    })?;
+    let (vendor, class) = kind.split_once('/').ok_or_else(|| {
+        format!(
+            "{}: kind {} is not vendor/class",
+            quoted(name),
+            quoted(kind)
+        )
+    })?;
     let word = |s: &str, extra: &[char]| {
         !s.is_empty()
             && s.starts_with(|c: char| c.is_ascii_alphanumeric())
@@ -121,7 +154,7 @@ pub fn check_cdi_name(name: &str) -> Result<(), String> {
                 .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c) || extra.contains(&c))
     };
     if !word(vendor, &[]) || !word(class, &[]) || !word(dev, &[':']) {
-        return Err(format!("{name:?} is not a valid CDI device name"));
+        return Err(format!("{} is not a valid CDI device name", quoted(name)));
     }
     Ok(())
 }
@@ -131,7 +164,8 @@ fn parse_bool(var: &str, v: &str) -> Result<bool, GpuError> {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
         "0" | "f" | "F" | "false" | "FALSE" | "False" | "" => Ok(false),
         _ => Err(GpuError::Refused(format!(
-            "{var}={v:?} is not a boolean (use true or false)"
+            "{var}={} is not a boolean (use true or false)",
+            quoted(v)
         ))),
     }
 }
@@ -153,9 +187,10 @@ pub fn parse(spec: &Spec, cfg: &GpuConfig) -> Result<Option<Request>, GpuError> 
             .collect();
         keys.sort();
         for k in keys {
-            for name in split_list(&ann[k]) {
-                check_cdi_name(&name)
-                    .map_err(|e| GpuError::Refused(format!("annotation {k}: {e}")))?;
+            for name in bounded_list(&format!("annotation {}", clipped(k, ECHO_LIMIT)), &ann[k])? {
+                check_cdi_name(&name).map_err(|e| {
+                    GpuError::Refused(format!("annotation {}: {e}", clipped(k, ECHO_LIMIT)))
+                })?;
                 cdi_devices.push(name);
             }
         }
@@ -186,12 +221,23 @@ pub fn parse(spec: &Spec, cfg: &GpuConfig) -> Result<Option<Request>, GpuError> 
                 if check_cdi_name(&name).is_ok() {
                     cdi_devices.push(name);
                 } else {
-                    tracing::warn!("ignoring device-list mount {dest}: not a CDI name");
+                    tracing::warn!(
+                        "ignoring device-list mount {}: not a CDI name",
+                        clipped(&dest, ECHO_LIMIT)
+                    );
                 }
             } else if id.starts_with("imex/") {
-                tracing::warn!("ignoring IMEX channel request {dest}: IMEX is not supported");
+                tracing::warn!(
+                    "ignoring IMEX channel request {}: IMEX is not supported",
+                    clipped(&dest, ECHO_LIMIT)
+                );
             } else if !id.is_empty() && !mount_ids.contains(&id.to_string()) {
-                mount_ids.push(id.to_string());
+                if mount_ids.len() == MAX_LIST_IDS {
+                    return Err(GpuError::Refused(format!(
+                        "the device-list mounts name more than {MAX_LIST_IDS} devices"
+                    )));
+                }
+                mount_ids.push(clipped(id, ECHO_LIMIT));
             }
         }
     }
@@ -204,7 +250,7 @@ pub fn parse(spec: &Spec, cfg: &GpuConfig) -> Result<Option<Request>, GpuError> 
             // The volume-mounts strategy sets the env to the directory itself: not a list.
             Some(v) if v.trim() == DEVICE_LIST_DIR => (None, "env"),
             Some(v) => {
-                let d = devices_from_ids(split_list(v));
+                let d = devices_from_ids(bounded_list("NVIDIA_VISIBLE_DEVICES", v)?);
                 if d.is_some() && !privileged && !cfg.accept_env_unprivileged {
                     tracing::warn!(
                         "ignoring NVIDIA_VISIBLE_DEVICES in an unprivileged container \
@@ -235,7 +281,8 @@ pub fn parse(spec: &Spec, cfg: &GpuConfig) -> Result<Option<Request>, GpuError> 
                 } else {
                     caps.insert(Capability::parse(&c).ok_or_else(|| {
                         GpuError::Refused(format!(
-                            "NVIDIA_DRIVER_CAPABILITIES: unknown capability {c:?} (supported: all, {})",
+                            "NVIDIA_DRIVER_CAPABILITIES: unknown capability {} (supported: all, {})",
+                            quoted(&c),
                             Capability::ALL.map(|c| c.name()).join(", ")
                         ))
                     })?);
@@ -261,8 +308,13 @@ pub fn parse(spec: &Spec, cfg: &GpuConfig) -> Result<Option<Request>, GpuError> 
             {
                 continue;
             }
-            let expr = require::parse(v)
-                .map_err(|e| GpuError::Refused(format!("{k}={v:?} is invalid: {e}")))?;
+            let expr = require::parse(v).map_err(|e| {
+                GpuError::Refused(format!(
+                    "{}={} is invalid: {e}",
+                    clipped(k, ECHO_LIMIT),
+                    quoted(v)
+                ))
+            })?;
             requirements.push(Requirement {
                 var: k.clone(),
                 text: v.clone(),
@@ -274,7 +326,7 @@ pub fn parse(spec: &Spec, cfg: &GpuConfig) -> Result<Option<Request>, GpuError> 
             let mm: Vec<&str> = cuda.split('.').take(2).collect();
             let text = format!("cuda>={}", mm.join("."));
             let expr = require::parse(&text).map_err(|_| {
-                GpuError::Refused(format!("CUDA_VERSION={cuda:?} is not a version"))
+                GpuError::Refused(format!("CUDA_VERSION={} is not a version", quoted(cuda)))
             })?;
             requirements.push(Requirement {
                 var: "CUDA_VERSION".into(),
@@ -292,7 +344,8 @@ pub fn parse(spec: &Spec, cfg: &GpuConfig) -> Result<Option<Request>, GpuError> 
             ))),
             Some("all") => Ok(true),
             Some(v) => Err(GpuError::Refused(format!(
-                "{var}={v:?}: only \"all\" is supported"
+                "{var}={}: only \"all\" is supported",
+                quoted(v)
             ))),
         }
     };

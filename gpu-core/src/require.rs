@@ -97,8 +97,8 @@ fn parse_factor(f: &str) -> Result<Factor, String> {
         if !matches!(op, Op::Eq | Op::Ne) {
             return Err(format!("{f:?}: brand only takes = or !="));
         }
-    } else if !value.chars().all(|c| c.is_ascii_digit() || c == '.') {
-        return Err(format!("{f:?}: {value:?} is not a version"));
+    } else {
+        check_version(value).map_err(|why| format!("{f:?}: {value:?} is not a version ({why})"))?;
     }
     Ok(Factor {
         name,
@@ -107,24 +107,66 @@ fn parse_factor(f: &str) -> Result<Factor, String> {
     })
 }
 
-/// Parses an expression.
+/// Most parts of a dotted version (`580.95.05` has three).
+const MAX_VERSION_PARTS: usize = 4;
+
+/// A version is 1 to [`MAX_VERSION_PARTS`] dot-separated decimal numbers, each fitting in 32 bits:
+/// no empty part, no sign, nothing a silent overflow could turn into 0.
+fn check_version(v: &str) -> Result<(), String> {
+    let parts: Vec<&str> = v.split('.').collect();
+    if parts.len() > MAX_VERSION_PARTS {
+        return Err(format!("more than {MAX_VERSION_PARTS} parts"));
+    }
+    for p in parts {
+        if p.is_empty() {
+            return Err("an empty part".into());
+        }
+        if !p.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(format!("{} is not a number", crate::echo::quoted(p)));
+        }
+        if p.parse::<u32>().is_err() {
+            return Err(format!("{} is too large", crate::echo::quoted(p)));
+        }
+    }
+    Ok(())
+}
+
+/// Most factors in one expression; real ones have a handful.
+const MAX_FACTORS: usize = 64;
+
+/// Parses an expression. Every term and every factor must be non-empty: a stray comma is an
+/// error, never a condition that holds.
 pub fn parse(expr: &str) -> Result<Expr, String> {
-    let terms: Expr = expr
-        .split_whitespace()
-        .map(|t| {
-            t.split(',')
-                .filter(|f| !f.is_empty())
-                .map(parse_factor)
-                .collect()
-        })
-        .collect::<Result<_, _>>()?;
+    let mut terms: Expr = Vec::new();
+    let mut count = 0usize;
+    for t in expr.split_whitespace() {
+        let mut term = Vec::new();
+        for f in t.split(',') {
+            if f.is_empty() {
+                return Err(format!(
+                    "{} has an empty condition (a stray comma)",
+                    crate::echo::quoted(t)
+                ));
+            }
+            count += 1;
+            if count > MAX_FACTORS {
+                return Err(format!("more than {MAX_FACTORS} conditions"));
+            }
+            term.push(
+                parse_factor(f)
+                    .map_err(|e| crate::echo::clipped(&e, 2 * crate::echo::ECHO_LIMIT))?,
+            );
+        }
+        terms.push(term);
+    }
     if terms.is_empty() {
         return Err("empty expression".into());
     }
     Ok(terms)
 }
 
-/// Compares dotted versions numerically; trailing `.0`s do not count.
+/// Compares dotted versions numerically; trailing `.0`s do not count. A part that is not a
+/// number (only possible in a host-reported version) compares as 0.
 pub fn cmp_versions(a: &str, b: &str) -> Ordering {
     let parts = |s: &str| -> Vec<u64> {
         let mut v: Vec<u64> = s.split('.').map(|p| p.parse().unwrap_or(0)).collect();
@@ -219,6 +261,37 @@ mod tests {
         assert!(parse("cuda>=twelve").unwrap_err().contains("not a version"));
         assert!(parse("brand>=tesla").unwrap_err().contains("brand"));
         assert!(parse("   ").is_err());
+    }
+
+    #[test]
+    fn what_the_adversarial_run_slipped_through_is_refused() {
+        // A stray comma used to form an empty term that held.
+        let e = parse("cuda>=99.0 ,").unwrap_err();
+        assert!(e.contains("empty condition"), "{e}");
+        assert!(parse("cuda>=12.0,").is_err());
+        assert!(parse(",cuda>=12.0").is_err());
+        assert!(parse("cuda>=12.0,,driver>=500").is_err());
+        // A number too large used to overflow into 0.
+        let e = parse("cuda>=100000000000000000000").unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+        // Dots without numbers.
+        for bad in [
+            "cuda>=....",
+            "cuda>=12.",
+            "cuda>=.1",
+            "driver<1..2",
+            "cuda>=1.2.3.4.5",
+            "cuda>=-1",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} must be refused");
+        }
+        // A huge factor is echoed cut short.
+        let huge = format!("cuda>={}", "9".repeat(100_000));
+        assert!(parse(&huge).unwrap_err().len() < 1000);
+        let many = vec!["cuda>=1"; 100].join(",");
+        assert!(parse(&many).unwrap_err().contains("more than 64"));
+        // Good input still parses.
+        assert!(parse("cuda>=12.2 brand=tesla,driver>=470.82.01").is_ok());
     }
 
     #[test]

@@ -732,3 +732,69 @@ fn cached_inventory_is_rediscovered_when_the_mig_layout_changes() {
         fresh.host_state
     );
 }
+
+#[test]
+fn proc_entries_of_gpus_not_given_are_masked() {
+    let e = env(Layout::Gke, 2);
+    let gpus = |p: &Plan| -> Vec<String> {
+        p.masked_paths
+            .iter()
+            .filter(|m| m.starts_with("/proc/driver/nvidia/gpus/"))
+            .cloned()
+            .collect()
+    };
+    let one = plan(&e, &["NVIDIA_VISIBLE_DEVICES=1"]).unwrap().unwrap();
+    assert_eq!(gpus(&one), ["/proc/driver/nvidia/gpus/0000:10:00.0"]);
+    assert!(one
+        .masked_paths
+        .contains(&"/proc/driver/nvidia/params".to_string()));
+    let all = plan(&e, &["NVIDIA_VISIBLE_DEVICES=all"]).unwrap().unwrap();
+    assert!(gpus(&all).is_empty(), "{:?}", all.masked_paths);
+    let none = plan(&e, &["NVIDIA_VISIBLE_DEVICES=none"]).unwrap().unwrap();
+    assert_eq!(
+        gpus(&none),
+        [
+            "/proc/driver/nvidia/gpus/0000:10:00.0",
+            "/proc/driver/nvidia/gpus/0000:11:00.0"
+        ]
+    );
+}
+
+#[test]
+fn oversized_and_malformed_requests_are_refused_with_bounded_messages() {
+    let e = env(Layout::Gke, 2);
+    // A 1 MB device id comes back cut short, with its length.
+    let big = format!("NVIDIA_VISIBLE_DEVICES={}", "7".repeat(60_000));
+    let err = plan(&e, &[&big]).unwrap_err();
+    assert!(err.len() < 1024, "{} bytes", err.len());
+    assert!(err.contains("(60000 bytes)"), "{err}");
+    let huge = format!("NVIDIA_VISIBLE_DEVICES={}", "0,".repeat(1 << 19));
+    let err = plan(&e, &[&huge]).unwrap_err();
+    assert!(err.contains("over the 65536-byte limit"), "{err}");
+    assert!(err.len() < 1024, "{} bytes", err.len());
+    // Requirement grammar errors name the variable.
+    let err = plan(
+        &e,
+        &[
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "NVIDIA_REQUIRE_CUDA=cuda>=99.0 ,",
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("NVIDIA_REQUIRE_CUDA=") && err.contains("stray comma"),
+        "{err}"
+    );
+    let err = plan(
+        &e,
+        &[
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "NVIDIA_REQUIRE_CUDA=cuda>=100000000000000000000",
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("NVIDIA_REQUIRE_CUDA=") && err.contains("too large"),
+        "{err}"
+    );
+}

@@ -3,9 +3,14 @@
 
 use containerd_shim_protos::ttrpc::{self, Code};
 
+/// Longest message a ttrpc error carries. Errors quote their input cut short already; this
+/// bound keeps any that slipped through (runc's stderr, say) well under the ttrpc frame limit.
+pub const MAX_MESSAGE: usize = 4096;
+
 /// Builds a ttrpc error with an explicit code.
 pub fn status(code: Code, msg: impl std::fmt::Display) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.to_string()))
+    let msg = gpu_core::echo::clipped(&msg.to_string(), MAX_MESSAGE);
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
 }
 
 /// Unknown container or exec id.
@@ -79,5 +84,14 @@ mod tests {
         );
         assert_eq!(code(kill_error("permission denied")), Code::UNKNOWN);
         assert_eq!(code(unimplemented("Checkpoint")), Code::UNIMPLEMENTED);
+    }
+
+    #[test]
+    fn messages_are_bounded() {
+        let ttrpc::Error::RpcStatus(s) = unknown("x".repeat(5 << 20)) else {
+            panic!("not a status");
+        };
+        assert!(s.message.len() < MAX_MESSAGE + 32, "{}", s.message.len());
+        assert!(s.message.ends_with("(5242880 bytes)"));
     }
 }

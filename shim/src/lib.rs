@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod delete;
 pub mod errors;
+pub mod gpu_stage;
 pub mod io;
 pub mod logging;
 pub mod publisher;

@@ -247,7 +247,7 @@ impl Service {
         };
         let (cfg, source) = load_config(&opts).map_err(|e| e.to_string())?;
         let spec_path = bundle.join("config.json");
-        let mut spec = oci_spec::runtime::Spec::load(&spec_path)
+        let spec = oci_spec::runtime::Spec::load(&spec_path)
             .map_err(|e| format!("reading {}: {e}", spec_path.display()))?;
         let cgroups_path = spec
             .linux()
@@ -305,24 +305,21 @@ impl Service {
         } else {
             bundle.join(root_path)
         };
-        let injector = gpu_core::Injector::new(cfg);
-        let started = std::time::Instant::now();
-        match injector.prepare(&mut spec, &root_path) {
-            Ok(Some(done)) => {
+        let spec = match crate::gpu_stage::run(&req.id, cfg, spec, root_path).await {
+            Ok(crate::gpu_stage::Outcome::Untouched(spec)) => spec,
+            Ok(crate::gpu_stage::Outcome::Injected(spec, done)) => {
                 let data = serde_json::to_vec(&spec)
                     .map_err(|e| cleanup(format!("encoding spec: {e}")))?;
                 write_atomic(&spec_path, &data)
                     .map_err(|e| cleanup(format!("writing spec: {e}")))?;
-                tracing::info!(
-                    id = req.id.as_str(),
-                    prepare_us = started.elapsed().as_micros() as u64,
-                    "gpu: {}",
-                    done.summary
-                );
+                for w in &done.warnings {
+                    tracing::warn!(id = req.id.as_str(), "gpu: {w}");
+                }
+                tracing::info!(id = req.id.as_str(), "gpu: {}", done.summary);
+                spec
             }
-            Ok(None) => {}
-            Err(e) => return Err(cleanup(e.to_string())),
-        }
+            Err(e) => return Err(cleanup(e)),
+        };
         let host_pid_ns = !spec
             .linux()
             .as_ref()
@@ -536,7 +533,11 @@ impl Task for Service {
         }
         tracing::info!(id = req.id.as_str(), "create");
         self.do_create(&req).await.map_err(|e| {
-            tracing::error!(id = req.id.as_str(), "create failed: {e}");
+            tracing::error!(
+                id = req.id.as_str(),
+                "create failed: {}",
+                gpu_core::echo::clipped(&e, crate::errors::MAX_MESSAGE)
+            );
             if e.starts_with("nvidia:") || e.contains("options") || e.starts_with("config") {
                 invalid(e)
             } else {

@@ -1,0 +1,55 @@
+//! The Create pipeline's GPU stage: reads the container's request and, when there is one, edits
+//! its spec through gpu-core off the runtime thread and under a time limit.
+//!
+//! The work touches image content (the loader cache) and the driver (discovery, which can take
+//! seconds when NVML initialises GPUs without persistence mode). On the shim's single runtime
+//! thread it would stall every other container of the pod; on a blocking thread with a deadline
+//! the pod keeps being served and a stuck Create fails instead of hanging.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gpu_core::{Injected, Injector, ShimConfig};
+use oci_spec::runtime::Spec;
+
+/// What the GPU stage did to a spec.
+pub enum Outcome {
+    /// The container asked for no GPU (or is a pod sandbox): the spec is unchanged.
+    Untouched(Spec),
+    /// The spec now carries the GPU edits.
+    Injected(Spec, Injected),
+}
+
+/// Runs the GPU stage on `spec`, whose root filesystem is mounted at `rootfs`.
+#[tracing::instrument(level = "debug", skip_all, fields(id = id))]
+pub async fn run(
+    id: &str,
+    cfg: ShimConfig,
+    spec: Spec,
+    rootfs: PathBuf,
+) -> Result<Outcome, String> {
+    // Parsing the request is pure and bounded: containers without one never leave this thread.
+    if gpu_core::request::parse(&spec, &cfg.gpu)
+        .map_err(|e| e.to_string())?
+        .is_none()
+    {
+        return Ok(Outcome::Untouched(spec));
+    }
+    let limit = Duration::from_millis(cfg.gpu.prepare_timeout_ms);
+    let work = tokio::task::spawn_blocking(move || {
+        let mut spec = spec;
+        let injected = Injector::new(cfg).prepare(&mut spec, &rootfs)?;
+        Ok::<_, gpu_core::GpuError>((spec, injected))
+    });
+    match tokio::time::timeout(limit, work).await {
+        Err(_) => Err(format!(
+            "nvidia: preparing the GPU edits took longer than {} ms (gpu.prepare_timeout_ms); \
+             the container was not created",
+            limit.as_millis()
+        )),
+        Ok(Err(join)) => Err(format!("nvidia: the GPU stage failed: {join}")),
+        Ok(Ok(Err(e))) => Err(e.to_string()),
+        Ok(Ok(Ok((spec, Some(done))))) => Ok(Outcome::Injected(spec, done)),
+        Ok(Ok(Ok((spec, None)))) => Ok(Outcome::Untouched(spec)),
+    }
+}
