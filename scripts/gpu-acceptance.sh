@@ -211,6 +211,29 @@ done <<<"$smi"
 if [ $ok = 1 ]; then record 9 "nvidia-shim info vs nvidia-smi" PASS "$(head -3 "$OUT/info.txt" | oneline) | smi: $(echo "$smi" | oneline)"
 else record 9 "nvidia-shim info vs nvidia-smi" FAIL "info: $(echo "$info" | head -c 400 | oneline) smi: $(echo "$smi" | oneline)"; fi
 
+# 10. /proc/driver/nvidia shows the container only its own GPUs' entries; params is masked.
+bus0=$("$HOST_SMI" --query-gpu=pci.bus_id --format=csv,noheader | head -1 | norm_bus)
+o_all=$(run --env NVIDIA_VISIBLE_DEVICES=0 "$IMG" c10a sh -c "ls /proc/driver/nvidia/gpus/; grep -c Model /proc/driver/nvidia/gpus/$bus0/information; wc -c </proc/driver/nvidia/params" 2>&1)
+o_none=$(run --env NVIDIA_VISIBLE_DEVICES=none "$IMG" c10n sh -c "ls /proc/driver/nvidia/gpus/; ls /proc/driver/nvidia/gpus/$bus0/ | wc -l; cat /proc/driver/nvidia/gpus/$bus0/information 2>&1 | head -1" 2>&1)
+echo "given GPU 0: $o_all" >"$OUT/check10.txt"
+echo "given none: $o_none" >>"$OUT/check10.txt"
+if echo "$o_all" | grep -q "$bus0" && [ "$(echo "$o_all" | tail -2 | head -1)" = 1 ] && [ "$(echo "$o_all" | tail -1)" = 0 ] &&
+    [ "$(echo "$o_none" | sed -n 2p)" = 0 ] && echo "$o_none" | tail -1 | grep -q 'No such file'; then
+    record 10 "/proc/driver/nvidia/gpus: own GPU only, params masked" PASS "GPU 0 given: $(echo "$o_all" | oneline); none given: $(echo "$o_none" | oneline)"
+else record 10 "/proc/driver/nvidia/gpus: own GPU only, params masked" FAIL "all: $(echo "$o_all" | oneline) none: $(echo "$o_none" | oneline)"; fi
+
+# 11. hostile image: a FIFO at /etc/ld.so.cache neither hangs the shim nor stops the container.
+H="$W/rootfs-fifo"
+cp -a "$R" "$H"
+rm -f "$H/etc/ld.so.cache"
+mkfifo "$H/etc/ld.so.cache"
+pack_image "$H" docker.io/library/gpu-acceptance:fifo "$W/fifo.tar"
+"${CTR[@]}" images import --snapshotter "$SNAP" "$W/fifo.tar" >>"$LOG" 2>&1
+o=$(timeout 60 "${CTR[@]}" run --rm --snapshotter "$SNAP" --runtime io.containerd.nvidia.v2 --env NVIDIA_VISIBLE_DEVICES=all docker.io/library/gpu-acceptance:fifo c11 sh -c 'ls -l /etc/ld.so.cache; cudacheck' 2>&1)
+if echo "$o" | grep -q '^-.*/etc/ld.so.cache' && echo "$o" | grep -q 'CUDA PASS'; then
+    record 11 "FIFO at the image's /etc/ld.so.cache" PASS "$(echo "$o" | oneline)"
+else record 11 "FIFO at the image's /etc/ld.so.cache" FAIL "$(echo "$o" | oneline)"; fi
+
 # --- latency -----------------------------------------------------------------------------------
 ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1; e=$(date +%s%N); echo $(((e - s) / 1000)); }
 : >"$W/a"; : >"$W/b"; : >"$W/c"

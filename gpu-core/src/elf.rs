@@ -30,11 +30,17 @@ impl Source for &[u8] {
     }
 }
 
-impl Source for std::fs::File {
+/// A file and its length: a read past the end is refused before anything is allocated for it.
+struct FileSource(std::fs::File, u64);
+
+impl Source for FileSource {
     fn bytes(&self, off: u64, len: usize) -> Option<Vec<u8>> {
         use std::os::unix::fs::FileExt;
+        if off.checked_add(len as u64)? > self.1 {
+            return None;
+        }
         let mut b = vec![0u8; len];
-        self.read_exact_at(&mut b, off).ok()?;
+        self.0.read_exact_at(&mut b, off).ok()?;
         Some(b)
     }
 }
@@ -53,7 +59,8 @@ fn uint(b: &[u8], off: usize, size: usize) -> Option<u64> {
 /// little-endian ELF we can parse.
 pub fn read(path: &Path) -> Option<ElfInfo> {
     let f = std::fs::File::open(path).ok()?;
-    parse_from(&f)
+    let len = f.metadata().ok()?.len();
+    parse_from(&FileSource(f, len))
 }
 
 /// Parses ELF bytes (see [`read`]).
@@ -76,6 +83,10 @@ fn parse_from(src: &impl Source) -> Option<ElfInfo> {
     } else {
         (uint(&h, 0x1c, 4)?, uint(&h, 0x2a, 2)?, uint(&h, 0x2c, 2)?)
     };
+    // The program header entry has one size per class; anything else is not an ELF we read.
+    if phentsize != if wide { 56 } else { 32 } {
+        return None;
+    }
     let ph_all = src.bytes(phoff, usize::try_from(phentsize * phnum).ok()?)?;
     let mut loads = Vec::new();
     let mut dynamic = None;
@@ -130,8 +141,8 @@ fn parse_from(src: &impl Source) -> Option<ElfInfo> {
         // name we cannot reach leaves the soname unknown, not the file.
         info.soname = loads
             .iter()
-            .find(|(_, va, sz)| strtab >= *va && strtab < va + sz)
-            .map(|(off, va, _)| strtab - va + off)
+            .find(|(_, va, sz)| strtab >= *va && strtab - va < *sz)
+            .and_then(|(off, va, _)| (strtab - va).checked_add(*off))
             .and_then(|file_off| file_off.checked_add(name))
             .and_then(|start| {
                 // A soname is short; read a little and stop at its NUL.

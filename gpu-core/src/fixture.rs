@@ -111,6 +111,45 @@ pub fn mig_uuid(i: usize, m: usize) -> String {
     format!("MIG-{i:04x}{m:04x}-aaaa-bbbb-cccc-ddddeeeeffff")
 }
 
+/// The file whose number (milliseconds) makes the fake NVML at `nvml` slow to initialise.
+pub fn delay_file(nvml: &Path) -> PathBuf {
+    let mut p = nvml.as_os_str().to_owned();
+    p.push(".delay-ms");
+    PathBuf::from(p)
+}
+
+/// The file a slow fake NVML creates when its initialisation begins (so a test knows a Create
+/// is inside the GPU stage without guessing at timing).
+pub fn started_file(nvml: &Path) -> PathBuf {
+    let mut p = nvml.as_os_str().to_owned();
+    p.push(".init-started");
+    PathBuf::from(p)
+}
+
+/// An ld.so.cache crafted as an attacker would: `n` entries whose keys and values all point at
+/// one `len`-byte string, so a reader that copies each entry's strings allocates `2·n·len` bytes.
+pub fn crafted_ld_cache(n: usize, len: usize) -> Vec<u8> {
+    let one = ldcache::write(&[Entry::new(ldcache::FLAGS_LIB64, "a", "b")]);
+    // Header of the writer's own output: magic (20), count, string size, flags, padding (48).
+    let header = &one[..48];
+    let strings_at = 48 + n * 24;
+    let mut b = Vec::with_capacity(strings_at + len + 1);
+    b.extend_from_slice(&header[..20]);
+    b.extend_from_slice(&(n as u32).to_ne_bytes());
+    b.extend_from_slice(&((len + 1) as u32).to_ne_bytes());
+    b.extend_from_slice(&header[28..48]);
+    for _ in 0..n {
+        b.extend_from_slice(&ldcache::FLAGS_LIB64.to_ne_bytes());
+        b.extend_from_slice(&(strings_at as u32).to_ne_bytes());
+        b.extend_from_slice(&(strings_at as u32).to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        b.extend_from_slice(&0u64.to_ne_bytes());
+    }
+    b.resize(strings_at + len, b'a');
+    b.push(0);
+    b
+}
+
 /// Builds a fake libnvidia-ml at `out` implementing the NVML calls discovery makes, describing
 /// `gpus` GPUs; with `mig`, GPU 0 is in MIG mode with two devices (GI 1/CI 0 and GI 2/CI 0).
 pub fn build_fake_nvml(out: &Path, gpus: usize, mig: bool) -> io::Result<()> {
@@ -137,6 +176,8 @@ pub fn build_fake_nvml(out: &Path, gpus: usize, mig: bool) -> io::Result<()> {
     }
     let src = format!(
         r#"#include <string.h>
+#include <stdio.h>
+#include <unistd.h>
 typedef struct dev {{ int is_mig; const char *uuid, *name, *bus; unsigned minor; int brand, ccmaj, ccmin;
   unsigned long long mem; unsigned mig_mode; unsigned nmig; struct dev *migs; unsigned gi, ci; }} dev;
 static dev MIGS0[] = {{ {migs} {{0}} }};
@@ -145,8 +186,13 @@ static const unsigned NGPU = {gpus};
 typedef struct {{ char busIdLegacy[16]; unsigned domain, bus, device, pciDeviceId, pciSubSystemId; char busId[32]; }} pci;
 typedef struct {{ unsigned version; unsigned long long total, reserved, free, used; }} mem2;
 static void cp(char *b, const char *s, unsigned n) {{ strncpy(b, s, n); b[n - 1] = 0; }}
-int nvmlInit_v2(void) {{ return 0; }}
-int nvmlInitWithFlags(unsigned f) {{ (void)f; return 0; }}
+/* A slow driver (NVML initialising GPUs without persistence mode) is simulated by writing a
+   number of milliseconds to the file next to this library named <library>.delay-ms. */
+static void slow_init(void) {{ FILE *f = fopen("{delay}", "r"); int ms = 0;
+  if (f) {{ if (fscanf(f, "%d", &ms) == 1 && ms > 0) {{ FILE *m = fopen("{started}", "w"); if (m) fclose(m);
+    usleep((unsigned)ms * 1000); }} fclose(f); }} }}
+int nvmlInit_v2(void) {{ slow_init(); return 0; }}
+int nvmlInitWithFlags(unsigned f) {{ (void)f; slow_init(); return 0; }}
 int nvmlShutdown(void) {{ return 0; }}
 const char *nvmlErrorString(int r) {{ (void)r; return "fake NVML error"; }}
 int nvmlSystemGetCudaDriverVersion_v2(int *v) {{ *v = 13000; return 0; }}
@@ -166,7 +212,9 @@ int nvmlDeviceGetMaxMigDeviceCount(dev *d, unsigned *c) {{ *c = d->mig_mode ? 7 
 int nvmlDeviceGetMigDeviceHandleByIndex(dev *d, unsigned i, dev **m) {{ if (i >= d->nmig) return 6; *m = &d->migs[i]; return 0; }}
 int nvmlDeviceGetGpuInstanceId(dev *d, unsigned *id) {{ *id = d->gi; return 0; }}
 int nvmlDeviceGetComputeInstanceId(dev *d, unsigned *id) {{ *id = d->ci; return 0; }}
-"#
+"#,
+        delay = delay_file(out).display(),
+        started = started_file(out).display()
     );
     let c = out.with_extension("c");
     std::fs::write(&c, src)?;
@@ -202,6 +250,14 @@ impl FakeHost {
             )?;
         }
         Ok(host)
+    }
+
+    /// Makes the fake NVML take `ms` milliseconds to initialise (0: no delay); returns the file
+    /// that appears once an initialisation has begun.
+    pub fn set_nvml_delay(&self, ms: u64) -> io::Result<PathBuf> {
+        let nvml = self.dir.join("fake-nvml.so");
+        std::fs::write(delay_file(&nvml), ms.to_string())?;
+        Ok(started_file(&nvml))
     }
 
     fn nvml_path(&self) -> PathBuf {

@@ -395,27 +395,7 @@ mod tests {
         assert_eq!(parse(&b), Err(LdCacheError::Corrupt));
     }
 
-    /// A crafted cache: `n` entries whose keys and values all point at one `len`-byte string.
-    pub(crate) fn shared_string_cache(n: usize, len: usize) -> Vec<u8> {
-        let strings_at = NEW_HEADER + n * NEW_ENTRY;
-        let mut b = Vec::with_capacity(strings_at + len + 1);
-        b.extend_from_slice(NEW_MAGIC);
-        b.extend_from_slice(&(n as u32).to_ne_bytes());
-        b.extend_from_slice(&((len + 1) as u32).to_ne_bytes());
-        b.push(2);
-        b.extend_from_slice(&[0; 3]);
-        b.extend_from_slice(&[0; 16]);
-        for _ in 0..n {
-            b.extend_from_slice(&FLAGS_LIB64.to_ne_bytes());
-            b.extend_from_slice(&(strings_at as u32).to_ne_bytes());
-            b.extend_from_slice(&(strings_at as u32).to_ne_bytes());
-            b.extend_from_slice(&0u32.to_ne_bytes());
-            b.extend_from_slice(&0u64.to_ne_bytes());
-        }
-        b.resize(strings_at + len, b'a');
-        b.push(0);
-        b
-    }
+    use crate::fixture::crafted_ld_cache as shared_string_cache;
 
     #[test]
     fn crafted_caches_are_refused_within_bounds() {

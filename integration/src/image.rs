@@ -59,6 +59,11 @@ fn oci_arch() -> &'static str {
 
 /// Packs `rootfs` as a one-layer OCI image named `name`; returns the archive's path.
 pub fn pack(rootfs: &Path, name: &str, work: &Path) -> Result<PathBuf> {
+    pack_with_env(rootfs, name, work, &[])
+}
+
+/// Like [`pack`], with `env` (`K=V`) added to the image config's environment.
+pub fn pack_with_env(rootfs: &Path, name: &str, work: &Path, env: &[String]) -> Result<PathBuf> {
     let layout = work.join("layout");
     fs::create_dir_all(layout.join("blobs/sha256"))?;
     let layer = work.join("layer.tar");
@@ -74,10 +79,13 @@ pub fn pack(rootfs: &Path, name: &str, work: &Path) -> Result<PathBuf> {
         bail!("tar of {} failed", rootfs.display());
     }
     let (layer_digest, layer_size) = add_blob(&layout, &layer)?;
+    let mut image_env =
+        vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
+    image_env.extend(env.iter().cloned());
     let config = json!({
         "architecture": oci_arch(),
         "os": "linux",
-        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
+        "config": {"Env": image_env, "Cmd": ["sh"]},
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
     });
     let cfg_file = work.join("config.json");
@@ -231,6 +239,23 @@ pub fn glibc_rootfs(root: &Path) -> Result<()> {
 "
         ),
     )?;
+    Ok(())
+}
+
+/// Builds the glibc test rootfs, lets `tweak` change it (make it hostile, say), and imports it
+/// as `name` with `env` added to the image config.
+pub fn import_glibc_variant(
+    ctd: &Containerd,
+    name: &str,
+    env: &[String],
+    tweak: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let root = work.path().join("rootfs");
+    glibc_rootfs(&root)?;
+    tweak(&root)?;
+    let archive = pack_with_env(&root, name, work.path(), env)?;
+    ctd.ctr_ok(&["images", "import", &archive.display().to_string()])?;
     Ok(())
 }
 

@@ -28,10 +28,14 @@ fn brand_name(b: Brand) -> String {
 }
 
 /// Normalises NVML's `00000000:00:04.0` to procfs's `0000:00:04.0`.
+/// Anything that is not an ASCII hex domain comes back lowercased and otherwise untouched: the
+/// id may be a container's request, not NVML's answer.
 pub fn normalise_bus_id(id: &str) -> String {
     let id = id.to_ascii_lowercase();
     match id.split_once(':') {
-        Some((dom, rest)) if dom.len() > 4 => format!("{}:{rest}", &dom[dom.len() - 4..]),
+        Some((dom, rest)) if dom.len() > 4 && dom.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            format!("{}:{rest}", &dom[dom.len() - 4..])
+        }
         _ => id,
     }
 }
@@ -154,5 +158,7 @@ mod tests {
     fn bus_ids_normalise() {
         assert_eq!(normalise_bus_id("00000000:00:04.0"), "0000:00:04.0");
         assert_eq!(normalise_bus_id("0000:AB:00.0"), "0000:ab:00.0");
+        // Found by the fuzz harness: a multi-byte request id was sliced inside a character.
+        assert_eq!(normalise_bus_id("ΣꧏAa:"), "Σꧏaa:");
     }
 }
