@@ -111,6 +111,7 @@ host_uuids=$("$HOST_SMI" -L | grep -oE 'GPU-[0-9a-f-]+' | sort | oneline)
 mapfile -t HU < <("$HOST_SMI" --query-gpu=uuid --format=csv,noheader)
 mapfile -t HMINOR < <(for u in "${HU[@]}"; do "$HOST_SMI" -q -i "$u" | awk -F: '/Minor Number/ {gsub(/ /,"",$2); print $2}'; done)
 log "host GPUs: $host_uuids (minors ${HMINOR[*]})"
+driver_version=$("$HOST_SMI" --query-gpu=driver_version --format=csv,noheader | head -1)
 
 nvidia-shim --config "$W/shim.toml" list --env NVIDIA_VISIBLE_DEVICES=all >"$OUT/list.txt" 2>&1
 
@@ -233,6 +234,78 @@ o=$(timeout 60 "${CTR[@]}" run --rm --snapshotter "$SNAP" --runtime io.container
 if echo "$o" | grep -q '^-.*/etc/ld.so.cache' && echo "$o" | grep -q 'CUDA PASS'; then
     record 11 "FIFO at the image's /etc/ld.so.cache" PASS "$(echo "$o" | oneline)"
 else record 11 "FIFO at the image's /etc/ld.so.cache" FAIL "$(echo "$o" | oneline)"; fi
+
+# 12. A real Debian bookworm image (mmdebstrap, from the bundle): nvidia-smi, Triton's libcuda
+#     check, a PTX kernel JIT-compiled by the driver, `ld -lcuda`; again after an in-container
+#     ldconfig.
+if [ -f "$BUNDLE/debian-rootfs.tar.xz" ]; then
+    D="$W/rootfs-debian"
+    mkdir -p "$D"
+    xz -dc "$BUNDLE/debian-rootfs.tar.xz" | tar -C "$D" -xf -
+    cp "$HERE/gpu/realimage.py" "$HERE/gpu/egl.py" "$D/"
+    pack_image "$D" docker.io/library/gpu-acceptance:debian "$W/debian.tar"
+    "${CTR[@]}" images import --snapshotter "$SNAP" "$W/debian.tar" >>"$LOG" 2>&1
+    script='nvidia-smi -L; python3 /realimage.py; d=$(ldconfig -p | grep "libcuda.so.1 " | sed "s/.*=> //" | xargs dirname);
+        ls -l $d/libcuda.so* $d/libnvidia-ptxjitcompiler.so*; ld -shared -o /tmp/t.so -L$d -lcuda && echo LD OK;
+        ldconfig; echo AFTER-LDCONFIG; python3 /realimage.py; ld -shared -o /tmp/t2.so -L$d -lcuda && echo LD OK'
+    o=$(run --env NVIDIA_VISIBLE_DEVICES=all docker.io/library/gpu-acceptance:debian c12 sh -c "$script" 2>&1)
+    echo "$o" >"$OUT/check12.txt"
+    if echo "$o" | grep -q '^GPU ' && [ "$(echo "$o" | grep -c 'TRITON OK')" = 2 ] && [ "$(echo "$o" | grep -c 'PTXJIT PASS')" = 2 ] &&
+        [ "$(echo "$o" | grep -c 'LD OK')" = 2 ] && echo "$o" | grep 'MAPPED' | grep -q ptxjitcompiler; then
+        record 12 "Debian bookworm: nvidia-smi, Triton check, PTX JIT, ld -lcuda, after ldconfig too" PASS "$(echo "$o" | grep -E 'TRITON|PTXJIT|LD OK|MAPPED' | oneline)"
+    else record 12 "Debian bookworm: nvidia-smi, Triton check, PTX JIT, ld -lcuda, after ldconfig too" FAIL "$(echo "$o" | oneline)"; fi
+fi
+
+# 14. Graphics in the Debian image: vulkaninfo lists the GPU, EGL's device platform finds NVIDIA.
+if [ -f "$BUNDLE/debian-rootfs.tar.xz" ]; then
+    gpu_name=$("$HOST_SMI" --query-gpu=name --format=csv,noheader | head -1)
+    o=$(run --env NVIDIA_VISIBLE_DEVICES=all --env NVIDIA_DRIVER_CAPABILITIES=all docker.io/library/gpu-acceptance:debian c14 sh -c \
+        'ls /usr/share/vulkan/icd.d/ /usr/share/glvnd/egl_vendor.d/; cat /usr/share/vulkan/icd.d/nvidia_icd.json; ls /dev/dri 2>&1;
+         vulkaninfo --summary 2>&1 | grep -E "deviceName|driverName|driverInfo|ERROR"; python3 /egl.py' 2>&1)
+    { echo "$o"; echo "host /dev/dri: $(ls /dev/dri 2>&1 | oneline)"; echo "host modeset: $(ls -l /dev/nvidia-modeset 2>&1)"; } >"$OUT/check14.txt"
+    if echo "$o" | grep 'deviceName' | grep -q "$gpu_name" && echo "$o" | grep -q 'EGL VENDOR NVIDIA'; then
+        record 14 "graphics: vulkaninfo lists the GPU, EGL device platform finds NVIDIA" PASS "$(echo "$o" | grep -E 'deviceName|driverInfo|EGL' | oneline)"
+    else record 14 "graphics: vulkaninfo lists the GPU, EGL device platform finds NVIDIA" FAIL "$(echo "$o" | oneline)"; fi
+
+    # 15. Forward compat: an image whose /usr/local/cuda/compat is older than the host driver
+    #     (the host's own compat libs) keeps the host's libcuda.
+    compat_src=$(ls -d /usr/local/cuda/compat 2>/dev/null)
+    if [ -n "$compat_src" ] && ls "$compat_src"/libcuda.so.*.* >/dev/null 2>&1; then
+        C="$W/rootfs-compat"
+        cp -a "$D" "$C"
+        mkdir -p "$C/usr/local/cuda-x"
+        cp -a "$compat_src" "$C/usr/local/cuda-x/compat"
+        ln -s cuda-x "$C/usr/local/cuda"
+        pack_image "$C" docker.io/library/gpu-acceptance:compat "$W/compat.tar"
+        "${CTR[@]}" images import --snapshotter "$SNAP" "$W/compat.tar" >>"$LOG" 2>&1
+        o=$(run --env NVIDIA_VISIBLE_DEVICES=all docker.io/library/gpu-acceptance:compat c15 sh -c 'ls /usr/local/cuda/compat/; ldconfig -p | grep "libcuda.so.1 "; python3 /realimage.py' 2>&1)
+        echo "$o" >"$OUT/check15.txt"
+        if echo "$o" | grep 'MAPPED' | grep -q "libcuda.so.$driver_version" && echo "$o" | grep -q 'PTXJIT PASS'; then
+            record 15 "older /usr/local/cuda/compat in the image: host libcuda used" PASS "$(ls "$compat_src" | grep 'libcuda.so.*\..*' | oneline); $(echo "$o" | grep -E 'PTXJIT|MAPPED' | oneline)"
+        else record 15 "older /usr/local/cuda/compat in the image: host libcuda used" FAIL "$(echo "$o" | oneline)"; fi
+    fi
+fi
+
+# 13. A /usr/lib64 image (RHEL/UBI layout: glibc in /usr/lib64, /lib64 -> usr/lib64, no
+#     multiarch dir): the driver lands in /usr/lib64 under every name; Triton's check; CUDA.
+L64="$W/rootfs-lib64"
+mkdir -p "$L64"/{bin,sbin,etc,tmp,proc,sys,dev,run,root,usr/bin,usr/lib64}
+cp -a "$R"/bin/. "$L64/bin/"
+cp "$R/usr/bin/cudacheck" "$L64/usr/bin/"
+cp "$R/sbin/ldconfig" "$L64/sbin/"
+cp "$R/etc/passwd" "$L64/etc/"
+find "$R/lib" "$R/usr/lib" "$R/lib64" -type f -name '*.so*' -exec cp {} "$L64/usr/lib64/" \; 2>/dev/null
+ln -s usr/lib64 "$L64/lib64"
+echo /usr/lib64 >"$L64/etc/ld.so.conf"
+"$LDCONFIG" -r "$L64"
+pack_image "$L64" docker.io/library/gpu-acceptance:lib64 "$W/lib64.tar"
+"${CTR[@]}" images import --snapshotter "$SNAP" "$W/lib64.tar" >>"$LOG" 2>&1
+o=$(run --env NVIDIA_VISIBLE_DEVICES=all docker.io/library/gpu-acceptance:lib64 c13 sh -c 'd=$(ldconfig -p | grep "libcuda.so.1 " | sed "s/.*=> //" | xargs dirname); echo dir=$d;
+    [ -e $d/libcuda.so.1 ] && [ -e $d/libcuda.so ] && echo TRITON OK; ls /usr/lib/ 2>&1 | grep -c linux-gnu; nvidia-smi -L; cudacheck' 2>&1)
+echo "$o" >"$OUT/check13.txt"
+if echo "$o" | grep -q 'dir=/usr/lib64' && echo "$o" | grep -q 'TRITON OK' && echo "$o" | grep -q '^GPU ' && echo "$o" | grep -q 'CUDA PASS'; then
+    record 13 "/usr/lib64 image: names in /usr/lib64, Triton check, CUDA" PASS "$(echo "$o" | oneline)"
+else record 13 "/usr/lib64 image: names in /usr/lib64, Triton check, CUDA" FAIL "$(echo "$o" | oneline)"; fi
 
 # --- latency -----------------------------------------------------------------------------------
 ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1; e=$(date +%s%N); echo $(((e - s) / 1000)); }

@@ -14,5 +14,12 @@ for d in "$work"/debs/*.deb; do dpkg -x "$d" "$work/x"; done
 cp "$work"/x/usr/bin/{containerd,ctr,containerd-shim-runc-v2} "$work/x/usr/sbin/runc" "$work/x/bin/busybox" "$work/bin/"
 cp target/release/{containerd-shim-nvidia-v2,nvidia-shim} "$work/bin/"
 tar -C "$work/bin" -cf - . | xz -T0 -6 > "$out/bins.tar.xz"
+# A real Debian image for the real-image checks, built once and kept in .cache/.
+if [ ! -f .cache/debian-rootfs.tar ]; then
+    mkdir -p .cache
+    scripts/images/debian.sh .cache/debian-rootfs.tar
+fi
+[ -f "$out/debian-rootfs.tar.xz" ] && [ "$out/debian-rootfs.tar.xz" -nt .cache/debian-rootfs.tar ] ||
+    xz -T0 -6 -c .cache/debian-rootfs.tar >"$out/debian-rootfs.tar.xz"
 ls -la "$out"
 echo "bundle ready: carry .gpu-bundle and run: bash scripts/gpu-acceptance.sh .gpu-bundle \$OUT"

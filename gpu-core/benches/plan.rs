@@ -13,6 +13,7 @@ fn bench(c: &mut Criterion) {
     let layout = ImageLayout {
         libdir: "/usr/lib/x86_64-linux-gnu".into(),
         libdir32: "/usr/lib/i386-linux-gnu".into(),
+        ..Default::default()
     };
     for gpus in [1usize, 8] {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -7,7 +7,7 @@ use oci_spec::runtime::{
 
 use crate::inroot::{InRootError, Root};
 use crate::ldcache;
-use crate::plan::{ImageLayout, Plan};
+use crate::plan::{CudaCompat, ImageLayout, Plan, CUDA_COMPAT_DIR};
 use crate::GpuError;
 
 /// Decides where the image keeps its libraries, as libnvidia-container does: Debian-family
@@ -28,7 +28,35 @@ pub fn image_layout(root: &Root) -> ImageLayout {
     } else {
         "/usr/lib".to_string()
     };
-    ImageLayout { libdir, libdir32 }
+    ImageLayout {
+        libdir,
+        libdir32,
+        cuda_compat: cuda_compat(root),
+    }
+}
+
+/// The image's CUDA forward-compatibility libraries: exactly one regular `libcuda.so.<version>`
+/// in [`CUDA_COMPAT_DIR`], and the other regular libraries of that version beside it.
+fn cuda_compat(root: &Root) -> Option<CudaCompat> {
+    let files = root.list_files(CUDA_COMPAT_DIR, 256).ok()?;
+    let versions: Vec<&str> = files
+        .iter()
+        .filter_map(|f| f.strip_prefix("libcuda.so."))
+        .filter(|v| v.contains('.') && v.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+        .collect();
+    let [version] = versions.as_slice() else {
+        return None;
+    };
+    let suffix = format!(".so.{version}");
+    Some(CudaCompat {
+        dir: CUDA_COMPAT_DIR.to_string(),
+        version: version.to_string(),
+        files: files
+            .iter()
+            .filter(|f| f.starts_with("lib") && f.ends_with(&suffix))
+            .cloned()
+            .collect(),
+    })
 }
 
 fn build_err(e: impl std::fmt::Display) -> GpuError {
@@ -179,4 +207,26 @@ pub fn write_ld_cache(plan: &Plan, root: &Root) -> Result<Vec<String>, GpuError>
 
 fn cache_error(e: InRootError) -> GpuError {
     GpuError::Refused(format!("writing the container's /etc/ld.so.cache: {e}"))
+}
+
+/// Creates the plan's soname and development-name links in the container's root, in-root and
+/// refusing symlinks on the way. A link that cannot be made (a read-only root, a symlinked or
+/// missing library directory, a directory in the way) is skipped with a warning: the library is
+/// still bound under its own name and listed in the loader cache.
+pub fn write_links(plan: &Plan, root: &Root) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for l in &plan.links {
+        match root.symlink_atomic(&l.dir, &l.name, &l.target) {
+            Ok(()) => {}
+            Err(InRootError::ReadOnly) => {
+                warnings.push(
+                    "the root filesystem is read-only: no soname or development-name links were created"
+                        .into(),
+                );
+                break;
+            }
+            Err(e) => warnings.push(format!("link {}/{} not created: {e}", l.dir, l.name)),
+        }
+    }
+    warnings
 }

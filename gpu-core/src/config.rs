@@ -99,6 +99,9 @@ pub struct GpuConfig {
     /// the image's loader cache, CDI specs). Past it the Create fails and leaves nothing behind;
     /// the pod's other containers are served meanwhile either way.
     pub prepare_timeout_ms: u64,
+    /// Let a container use its image's CUDA forward-compatibility libraries
+    /// (`/usr/local/cuda/compat`) when they are of a newer driver branch than the host's.
+    pub cuda_forward_compat: bool,
 }
 
 impl Default for GpuConfig {
@@ -110,6 +113,7 @@ impl Default for GpuConfig {
             cdi_spec_dirs: vec!["/etc/cdi".into(), "/var/run/cdi".into()],
             cdi_annotation_prefixes: vec!["cdi.k8s.io/".into()],
             prepare_timeout_ms: 10_000,
+            cuda_forward_compat: true,
         }
     }
 }

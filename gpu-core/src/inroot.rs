@@ -171,6 +171,34 @@ impl Root {
         std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
     }
 
+    /// Names of the regular files in directory `rel` (at most `limit` entries are looked at).
+    /// The directory is resolved inside the root, where the image's own symlinks may take part
+    /// (CUDA images make `/usr/local/cuda` one) but can never lead out of it; nothing in it is
+    /// opened, entries are told apart by the type the directory records.
+    pub fn list_files(&self, rel: &str, limit: usize) -> Result<Vec<String>, InRootError> {
+        let path = rel.trim_start_matches('/');
+        let fd = openat2(
+            self.fd.as_raw_fd(),
+            path,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+            libc::RESOLVE_IN_ROOT,
+        )
+        .map_err(|e| InRootError::io(&shown(path), e))?;
+        let rd = std::fs::read_dir(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|e| InRootError::io(&shown(path), e))?;
+        let mut out = Vec::new();
+        for entry in rd.take(limit).flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                if let Ok(name) = entry.file_name().into_string() {
+                    out.push(name);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Opens `rel` as `O_PATH` without following any symlink: no side effect, whatever the entry
     /// is. A failure is explained by naming the component that stopped the walk.
     fn open_path(&self, rel: &str) -> Result<(OwnedFd, libc::stat), InRootError> {
@@ -321,6 +349,74 @@ impl Root {
             }
         }
         Ok(cur)
+    }
+
+    /// Makes `dir/name` a symlink to `target` (temp link + rename in the same directory), creating
+    /// `dir` as needed. Neither `dir` nor any of its parents may be a symlink. Whatever entry was at
+    /// `name` (the image's own file of that name, say) is replaced in this root without being
+    /// opened; a directory there is refused.
+    pub fn symlink_atomic(&self, dir: &str, name: &str, target: &str) -> Result<(), InRootError> {
+        let path = format!("{}/{name}", dir.trim_end_matches('/'));
+        let d = self.dir(dir)?;
+        let cname = cstr(name).map_err(|e| InRootError::io(&path, e))?;
+        // SAFETY: stat is plain data.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid dirfd, name and buffer; lstat semantics, nothing is opened.
+        let r = unsafe {
+            libc::fstatat(
+                d.as_raw_fd(),
+                cname.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if r == 0 {
+            match st.st_mode & libc::S_IFMT {
+                libc::S_IFDIR => {
+                    return Err(InRootError::WrongType {
+                        path,
+                        kind: "a directory",
+                        want: "file or symlink",
+                    })
+                }
+                libc::S_IFLNK if self.link_target(&d, &cname) == Some(target.to_string()) => {
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        let ctarget = cstr(target).map_err(|e| InRootError::io(&path, e))?;
+        let tmp = cstr(&format!(".{name}.nvidia-shim.{}", std::process::id()))
+            .map_err(|e| InRootError::io(&path, e))?;
+        // SAFETY: valid names and dirfd; symlinkat never follows anything.
+        if unsafe { libc::symlinkat(ctarget.as_ptr(), d.as_raw_fd(), tmp.as_ptr()) } != 0 {
+            return Err(InRootError::io(&path, std::io::Error::last_os_error()));
+        }
+        // SAFETY: valid dirfd and names; rename replaces the entry without following it.
+        if unsafe { libc::renameat(d.as_raw_fd(), tmp.as_ptr(), d.as_raw_fd(), cname.as_ptr()) }
+            != 0
+        {
+            let e = std::io::Error::last_os_error();
+            // SAFETY: removing our own temp link.
+            unsafe { libc::unlinkat(d.as_raw_fd(), tmp.as_ptr(), 0) };
+            return Err(InRootError::io(&path, e));
+        }
+        Ok(())
+    }
+
+    fn link_target(&self, d: &OwnedFd, name: &CString) -> Option<String> {
+        let mut buf = [0u8; 4096];
+        // SAFETY: valid dirfd, name and buffer of the given length.
+        let n = unsafe {
+            libc::readlinkat(
+                d.as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        let n = usize::try_from(n).ok()?;
+        String::from_utf8(buf.get(..n)?.to_vec()).ok()
     }
 
     /// Writes `data` to `dir/name` atomically (temp file + rename in the same directory). Neither

@@ -117,7 +117,8 @@ impl Injector {
         let layout = apply::image_layout(&root);
         let p = self.plan_request(&req, &layout)?;
         apply::apply_to_spec(&p, spec)?;
-        let warnings = apply::write_ld_cache(&p, &root)?;
+        let mut warnings = apply::write_links(&p, &root);
+        warnings.extend(apply::write_ld_cache(&p, &root)?);
         Ok(Some(Injected {
             summary: p.summary(),
             warnings,

@@ -19,13 +19,81 @@ pub const MASKED_PARAMS: &str = "/proc/driver/nvidia/params";
 /// The driver's per-GPU directories, one per PCI bus id.
 pub const PROC_GPUS: &str = "/proc/driver/nvidia/gpus";
 
-/// Where the image keeps its libraries (decided from its rootfs by the caller).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What planning needs to know about the image (read from its rootfs by the caller).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ImageLayout {
     /// 64-bit library directory, e.g. `/usr/lib/x86_64-linux-gnu` or `/usr/lib64`.
     pub libdir: String,
     /// 32-bit library directory.
     pub libdir32: String,
+    /// The CUDA forward-compatibility libraries the image ships, if any.
+    pub cuda_compat: Option<CudaCompat>,
+}
+
+/// The image's `/usr/local/cuda/compat`: a newer CUDA driver's user-space libraries, for hosts
+/// whose kernel driver is of an older branch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CudaCompat {
+    /// Directory in the container.
+    pub dir: String,
+    /// Version of its `libcuda.so.<version>`, e.g. `590.48.01`.
+    pub version: String,
+    /// File names of the regular `lib*.so.<version>` files there.
+    pub files: Vec<String>,
+}
+
+/// Where CUDA images keep their forward-compatibility libraries.
+pub const CUDA_COMPAT_DIR: &str = "/usr/local/cuda/compat";
+
+fn major(version: &str) -> Option<u64> {
+    version.split('.').next()?.parse().ok()
+}
+
+/// Points the loader at the image's compat libraries when they are of a newer driver branch
+/// than the host's (the rule NVIDIA's own hook applies without an ELF note): the libraries stay
+/// in the image, nothing of them is mounted, only the container's loader cache names them.
+/// Consumer GPUs do not support forward compatibility and keep the host's libraries.
+fn apply_cuda_compat(
+    p: &mut Plan,
+    inv: &Inventory,
+    compat: &CudaCompat,
+    selected: &[Selected<'_>],
+) {
+    let (Some(theirs), Some(ours)) = (major(&compat.version), major(&inv.driver_version)) else {
+        return;
+    };
+    let consumer = selected.iter().any(|s| {
+        let (Selected::Gpu(g) | Selected::Mig(g, _)) = s;
+        g.brand
+            .as_deref()
+            .is_some_and(|b| b.eq_ignore_ascii_case("GeForce") || b.eq_ignore_ascii_case("Titan"))
+    });
+    if theirs <= ours || consumer {
+        return;
+    }
+    for file in &compat.files {
+        let Some(prefix) = file.strip_suffix(&format!(".{}", compat.version)) else {
+            continue;
+        };
+        // The compat library answers to the soname the host's library of that name has.
+        let Some(soname) = inv
+            .libraries
+            .iter()
+            .find(|l| !l.is_32bit && l.prefix == prefix)
+            .and_then(|l| l.soname.clone())
+        else {
+            continue;
+        };
+        let path = format!("{}/{file}", compat.dir.trim_end_matches('/'));
+        for e in p
+            .ld_entries
+            .iter_mut()
+            .filter(|e| e.is_lib64() && e.key == soname)
+        {
+            e.value = path.clone();
+        }
+    }
+    p.cuda_compat = Some(compat.version.clone());
 }
 
 /// A bind mount to add.
@@ -58,17 +126,39 @@ pub struct Plan {
     pub no_cgroup_rule: Vec<String>,
     /// Extra supplementary groups (CDI `additionalGids`).
     pub additional_gids: Vec<u32>,
+    /// Symlinks to create in the container's root (soname and development names).
+    pub links: Vec<Link>,
+    /// The image's CUDA forward-compatibility version the loader was pointed at, if any.
+    pub cuda_compat: Option<String>,
+}
+
+/// A symlink created in the container's root, next to the library it names: what makes the
+/// library a file under every name programs look for (`<dir>/libcuda.so.1` for Triton's check,
+/// `<dir>/libcuda.so` for `ld -lcuda`), not only an entry in the loader cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// Directory in the container, e.g. `/usr/lib/x86_64-linux-gnu`.
+    pub dir: String,
+    /// Link name, e.g. `libcuda.so.1`.
+    pub name: String,
+    /// What it points at, relative to `dir`, e.g. `libcuda.so.580.95.05`.
+    pub target: String,
 }
 
 impl Plan {
     /// One line for logs.
     pub fn summary(&self) -> String {
         format!(
-            "{} GPU(s) [{}], {} device nodes, {} mounts",
+            "{} GPU(s) [{}], {} device nodes, {} mounts, {} links{}",
             self.selected.len(),
             self.selected.join(", "),
             self.devices.len(),
-            self.mounts.len()
+            self.mounts.len(),
+            self.links.len(),
+            match &self.cuda_compat {
+                Some(v) => format!(", the image's CUDA forward-compat libraries {v}"),
+                None => String::new(),
+            }
         )
     }
 
@@ -76,6 +166,21 @@ impl Plan {
         if !self.devices.iter().any(|d| d.path == n.path) {
             self.devices.push(n.clone());
         }
+    }
+
+    fn add_link(&mut self, dir: &str, name: &str, target: &str) {
+        let dir = dir.trim_end_matches('/');
+        if name == target
+            || name.contains('/')
+            || self.links.iter().any(|l| l.dir == dir && l.name == name)
+        {
+            return;
+        }
+        self.links.push(Link {
+            dir: dir.to_string(),
+            name: name.to_string(),
+            target: target.to_string(),
+        });
     }
 
     fn add_mount(&mut self, source: PathBuf, destination: String, opts: &[&str]) {
@@ -312,6 +417,16 @@ pub fn plan(req: &Request, inv: &Inventory, image: &ImageLayout) -> Result<Plan,
         }
         for k in keys {
             p.ld_entries.push(Entry::new(flags, k, dest.clone()));
+        }
+        // soname → file, development name → soname, as the driver's installer lays them out.
+        let soname = lib.soname.as_deref().unwrap_or(&lib.file_name);
+        p.add_link(dir, soname, &lib.file_name);
+        p.add_link(dir, &lib.prefix, soname);
+    }
+
+    if caps.contains(&Capability::Compute) && req.cuda_compat {
+        if let Some(c) = &image.cuda_compat {
+            apply_cuda_compat(&mut p, inv, c, &selected);
         }
     }
 

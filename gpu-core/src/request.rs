@@ -52,6 +52,9 @@ pub struct Request {
     pub cdi_devices: Vec<String>,
     /// Where the device list came from, for logs.
     pub source: &'static str,
+    /// Whether the image's CUDA forward-compat libraries may be used (config
+    /// `gpu.cuda_forward_compat`, turned off per container by `NVIDIA_DISABLE_CUDA_COMPAT=true`).
+    pub cuda_compat: bool,
 }
 
 fn env_map(spec: &Spec) -> BTreeMap<String, String> {
@@ -352,7 +355,16 @@ pub fn parse(spec: &Spec, cfg: &GpuConfig) -> Result<Option<Request>, GpuError> 
     let mig_config = mig("NVIDIA_MIG_CONFIG_DEVICES")?;
     let mig_monitor = mig("NVIDIA_MIG_MONITOR_DEVICES")?;
 
+    let cuda_compat = cfg.cuda_forward_compat
+        && !parse_bool(
+            "NVIDIA_DISABLE_CUDA_COMPAT",
+            env.get("NVIDIA_DISABLE_CUDA_COMPAT")
+                .map(|s| s.trim())
+                .unwrap_or(""),
+        )?;
+
     Ok(Some(Request {
+        cuda_compat,
         devices,
         capabilities,
         requirements,

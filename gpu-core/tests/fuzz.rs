@@ -297,6 +297,7 @@ fn request_parser_and_planner_are_bounded() {
     let layout = ImageLayout {
         libdir: "/usr/lib/x86_64-linux-gnu".into(),
         libdir32: "/usr/lib/i386-linux-gnu".into(),
+        ..Default::default()
     };
     let var = prop_oneof![
         Just("NVIDIA_VISIBLE_DEVICES"),
@@ -471,6 +472,7 @@ fn regression_multibyte_device_id() {
     let layout = ImageLayout {
         libdir: "/usr/lib64".into(),
         libdir32: "/usr/lib".into(),
+        ..Default::default()
     };
     let err = injector.plan(&spec, &layout).unwrap_err().to_string();
     assert!(err.contains("unknown device \"ΣꧏAa:\""), "{err}");

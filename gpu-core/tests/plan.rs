@@ -35,6 +35,7 @@ fn debian() -> ImageLayout {
     ImageLayout {
         libdir: "/usr/lib/x86_64-linux-gnu".into(),
         libdir32: "/usr/lib/i386-linux-gnu".into(),
+        ..Default::default()
     }
 }
 
@@ -260,6 +261,7 @@ fn loader_entries_map_sonames_to_the_injected_files() {
             &ImageLayout {
                 libdir: "/usr/lib64".into(),
                 libdir32: "/usr/lib".into(),
+                ..Default::default()
             },
         )
         .unwrap()
@@ -797,4 +799,206 @@ fn oversized_and_malformed_requests_are_refused_with_bounded_messages() {
         err.contains("NVIDIA_REQUIRE_CUDA=") && err.contains("too large"),
         "{err}"
     );
+}
+
+#[test]
+fn every_library_is_a_file_under_its_soname_and_development_name() {
+    let e = env(Layout::Gke, 1);
+    let p = plan(&e, &["NVIDIA_VISIBLE_DEVICES=0"]).unwrap().unwrap();
+    let dir = "/usr/lib/x86_64-linux-gnu";
+    let link = |name: &str| {
+        p.links
+            .iter()
+            .find(|l| l.dir == dir && l.name == name)
+            .map(|l| l.target.clone())
+    };
+    assert_eq!(link("libcuda.so.1"), Some(format!("libcuda.so.{VERSION}")));
+    assert_eq!(link("libcuda.so").as_deref(), Some("libcuda.so.1"));
+    assert_eq!(
+        link("libnvidia-ml.so.1"),
+        Some(format!("libnvidia-ml.so.{VERSION}"))
+    );
+    assert_eq!(
+        link("libnvidia-ml.so").as_deref(),
+        Some("libnvidia-ml.so.1")
+    );
+
+    // Created in-root: the image's own regular file at a soname (an old driver baked into the
+    // image) is shadowed in this root only, its content untouched; the image's symlinked
+    // library dir of another layout is refused, with a warning, not followed.
+    let t = tempfile::tempdir().unwrap();
+    let rootfs = t.path().join("rootfs");
+    let libdir = rootfs.join("usr/lib/x86_64-linux-gnu");
+    std::fs::create_dir_all(&libdir).unwrap();
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::write(rootfs.join("etc/debian_version"), "12\n").unwrap();
+    let lower = t.path().join("image-layer-copy");
+    std::fs::write(&lower, b"old driver").unwrap();
+    std::fs::hard_link(&lower, libdir.join("libcuda.so.1")).unwrap();
+    let mut s = spec(&["NVIDIA_VISIBLE_DEVICES=0"], &[], false);
+    let done = e.injector.prepare(&mut s, &rootfs).unwrap().unwrap();
+    assert!(done.warnings.is_empty(), "{:?}", done.warnings);
+    assert_eq!(
+        std::fs::read_link(libdir.join("libcuda.so.1"))
+            .unwrap()
+            .to_str(),
+        Some(format!("libcuda.so.{VERSION}").as_str())
+    );
+    assert_eq!(
+        std::fs::read_link(libdir.join("libcuda.so"))
+            .unwrap()
+            .to_str(),
+        Some("libcuda.so.1")
+    );
+    assert_eq!(
+        std::fs::read(&lower).unwrap(),
+        b"old driver",
+        "the image's file is not modified"
+    );
+    // Idempotent: a second prepare of the same root changes nothing and warns of nothing.
+    let mut s = spec(&["NVIDIA_VISIBLE_DEVICES=0"], &[], false);
+    assert!(e
+        .injector
+        .prepare(&mut s, &rootfs)
+        .unwrap()
+        .unwrap()
+        .warnings
+        .is_empty());
+
+    let evil = t.path().join("evil");
+    let outside = t.path().join("outside");
+    std::fs::create_dir_all(evil.join("usr/lib")).unwrap();
+    std::fs::create_dir_all(evil.join("etc")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(evil.join("etc/debian_version"), "12\n").unwrap();
+    std::os::unix::fs::symlink(&outside, evil.join("usr/lib/x86_64-linux-gnu")).unwrap();
+    let mut s = spec(&["NVIDIA_VISIBLE_DEVICES=0"], &[], false);
+    let done = e.injector.prepare(&mut s, &evil).unwrap().unwrap();
+    assert!(
+        done.warnings
+            .iter()
+            .any(|w| w.contains("/usr/lib/x86_64-linux-gnu is a symlink in the image")),
+        "{:?}",
+        done.warnings
+    );
+    assert!(
+        std::fs::read_dir(&outside).unwrap().next().is_none(),
+        "nothing written outside"
+    );
+}
+
+#[test]
+fn gke_graphics_files_under_share_land_where_the_image_loaders_look() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = FakeHost::build(dir.path(), Layout::Gke, 1).unwrap();
+    for (d, f) in [
+        ("share/vulkan/icd.d", "nvidia_icd.json"),
+        ("share/glvnd/egl_vendor.d", "10_nvidia.json"),
+    ] {
+        std::fs::create_dir_all(host.root.join(d)).unwrap();
+        std::fs::write(host.root.join(d).join(f), "{}").unwrap();
+    }
+    let e = Env {
+        injector: Injector::new(host.config()),
+        host,
+        _dir: dir,
+    };
+    let p = plan(
+        &e,
+        &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=all"],
+    )
+    .unwrap()
+    .unwrap();
+    let by_dest = |d: &str| {
+        p.mounts
+            .iter()
+            .find(|m| m.destination == d)
+            .map(|m| m.source.clone())
+    };
+    assert_eq!(
+        by_dest("/usr/share/vulkan/icd.d/nvidia_icd.json"),
+        Some(e.host.root.join("share/vulkan/icd.d/nvidia_icd.json"))
+    );
+    assert_eq!(
+        by_dest("/usr/share/glvnd/egl_vendor.d/10_nvidia.json"),
+        Some(e.host.root.join("share/glvnd/egl_vendor.d/10_nvidia.json"))
+    );
+}
+
+#[test]
+fn cuda_forward_compat_newer_is_picked_older_ignored_opt_out_honoured() {
+    let e = env(Layout::Gke, 1);
+    let t = tempfile::tempdir().unwrap();
+    let make = |name: &str, compat_version: &str| {
+        let rootfs = t.path().join(name);
+        std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+        std::fs::write(rootfs.join("etc/debian_version"), "12\n").unwrap();
+        // As in CUDA images: /usr/local/cuda is a symlink to the versioned toolkit dir.
+        let compat = rootfs.join("usr/local/cuda-13.1/compat");
+        std::fs::create_dir_all(&compat).unwrap();
+        std::os::unix::fs::symlink("cuda-13.1", rootfs.join("usr/local/cuda")).unwrap();
+        for lib in ["libcuda.so", "libnvidia-ptxjitcompiler.so"] {
+            std::fs::write(compat.join(format!("{lib}.{compat_version}")), b"").unwrap();
+        }
+        std::os::unix::fs::symlink(
+            format!("libcuda.so.{compat_version}"),
+            compat.join("libcuda.so.1"),
+        )
+        .unwrap();
+        rootfs
+    };
+    let cache_of = |rootfs: &std::path::Path, key: &str| -> String {
+        let bytes = std::fs::read(rootfs.join("etc/ld.so.cache")).unwrap();
+        gpu_core::ldcache::parse(&bytes)
+            .unwrap()
+            .into_iter()
+            .find(|x| x.key == key)
+            .map(|x| x.value)
+            .unwrap_or_default()
+    };
+    let host_libcuda = format!("/usr/lib/x86_64-linux-gnu/libcuda.so.{VERSION}");
+
+    // Newer branch than the host's 580: the loader is pointed at the image's compat libraries.
+    let newer = make("newer", "590.48.01");
+    let mut s = spec(&["NVIDIA_VISIBLE_DEVICES=0"], &[], false);
+    let done = e.injector.prepare(&mut s, &newer).unwrap().unwrap();
+    assert!(
+        done.summary.contains("forward-compat libraries 590.48.01"),
+        "{}",
+        done.summary
+    );
+    assert_eq!(
+        cache_of(&newer, "libcuda.so.1"),
+        "/usr/local/cuda/compat/libcuda.so.590.48.01"
+    );
+    assert_eq!(
+        cache_of(&newer, "libnvidia-ptxjitcompiler.so.1"),
+        "/usr/local/cuda/compat/libnvidia-ptxjitcompiler.so.590.48.01"
+    );
+    // Nothing of the image is mounted.
+    assert!(!s.mounts().as_ref().unwrap().iter().any(|m| m
+        .source()
+        .as_ref()
+        .is_some_and(|p| p.to_string_lossy().contains("compat"))));
+
+    // Same or older branch: the host's libcuda wins.
+    for (name, v) in [("older", "575.57.08"), ("same", "580.200.01")] {
+        let r = make(name, v);
+        let mut s = spec(&["NVIDIA_VISIBLE_DEVICES=0"], &[], false);
+        e.injector.prepare(&mut s, &r).unwrap().unwrap();
+        assert_eq!(cache_of(&r, "libcuda.so.1"), host_libcuda, "{name}");
+    }
+
+    // Opted out per container.
+    let out = make("optout", "590.48.01");
+    let mut s = spec(
+        &[
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "NVIDIA_DISABLE_CUDA_COMPAT=true",
+        ],
+        &[],
+        false,
+    );
+    e.injector.prepare(&mut s, &out).unwrap().unwrap();
+    assert_eq!(cache_of(&out, "libcuda.so.1"), host_libcuda);
 }

@@ -63,6 +63,9 @@ fn gpu_container_gets_nodes_files_and_a_working_loader() -> Result<()> {
         "ls -l /dev/nvidia*; ls /usr/lib/x86_64-linux-gnu/; dlcheck libcuda.so.1 libnvidia-ml.so.1 libcuda.so; \
          ldconfig -p | grep -E 'libcuda|libnvidia-ml'; nvidia-smi; ls /lib/firmware/nvidia/*/; \
          grep -E ' /usr/(lib|bin)/' /proc/self/mountinfo | head -3; \
+         d=$(ldconfig -p | grep 'libcuda.so.1 ' | sed 's/.*=> //' | xargs dirname); \
+         [ -e $d/libcuda.so.1 ] && [ -e $d/libcuda.so ] && echo triton-check-ok; \
+         dlcheck $d/libcuda.so $d/libnvidia-ml.so.1; \
          ldconfig && echo relinked && dlcheck libcuda.so.1",
     )?;
     let text = stdout(&out);
@@ -111,6 +114,18 @@ fn gpu_container_gets_nodes_files_and_a_working_loader() -> Result<()> {
     ensure!(
         text.contains(" ro,nosuid,nodev"),
         "read-only, nosuid, nodev binds: {text}"
+    );
+    ensure!(
+        text.contains("triton-check-ok"),
+        "the soname and development name are files in the cache's directory: {text}"
+    );
+    ensure!(
+        text.contains(&format!(
+            "/usr/lib/x86_64-linux-gnu/libcuda.so -> real libcuda.so {VERSION}"
+        )) && text.contains(&format!(
+            "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1 -> real libnvidia-ml.so {VERSION}"
+        )),
+        "dlopen of the full path works for both names: {text}"
     );
     let after = text.split("relinked").nth(1).unwrap_or_default();
     ensure!(

@@ -209,8 +209,16 @@ pub fn graphics_files(root: &Path) -> Vec<(PathBuf, String)> {
     ]
     .into_iter()
     .filter_map(|c| {
-        let p = under(root, c);
-        p.is_file().then(|| (p, c.to_string()))
+        // A distribution keeps these under `<root>/usr/share` or `<root>/etc`; the GKE layout
+        // puts `usr/share` at `<root>/share` (e.g. `/usr/local/nvidia/share/vulkan/icd.d`).
+        let gke = c
+            .strip_prefix("/usr/share/")
+            .map(|rest| root.join("share").join(rest));
+        [Some(under(root, c)), gke]
+            .into_iter()
+            .flatten()
+            .find(|p| p.is_file())
+            .map(|p| (p, c.to_string()))
     })
     .collect()
 }

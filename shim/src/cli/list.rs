@@ -37,6 +37,7 @@ pub fn to_json(p: &Plan) -> serde_json::Value {
         "env": p.env,
         "maskedPaths": p.masked_paths,
         "ldCache": p.ld_entries.iter().map(|e| json!({"name": e.key, "path": e.value})).collect::<Vec<_>>(),
+        "links": p.links.iter().map(|l| json!({"path": format!("{}/{}", l.dir, l.name), "target": l.target})).collect::<Vec<_>>(),
     })
 }
 
@@ -54,6 +55,7 @@ pub fn run(args: &mut Args) -> CliResult {
     let layout = ImageLayout {
         libdir: format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH),
         libdir32: "/usr/lib/i386-linux-gnu".into(),
+        ..Default::default()
     };
     let plan = injector
         .plan(&spec_for(&env, &annotations)?, &layout)
@@ -104,6 +106,10 @@ pub fn run(args: &mut Args) -> CliResult {
         }
     }
     println!("Masked: {}", plan.masked_paths.join(", "));
+    println!("Links (created in the container's root):");
+    for l in &plan.links {
+        println!("  {}/{} -> {}", l.dir, l.name, l.target);
+    }
     println!("Loader cache entries (written to the container's /etc/ld.so.cache):");
     for e in &plan.ld_entries {
         println!("  {} => {}", e.key, e.value);
