@@ -292,3 +292,68 @@ fn generated_cdi_spec_injects_through_an_annotation() -> Result<()> {
     let _ = g.c.ctr(&["containers", "rm", "cdi2"]);
     g.c.assert_clean()
 }
+
+#[test]
+fn lib64_image_and_a_baked_in_driver_get_every_name_in_their_own_dir() -> Result<()> {
+    let mut g = setup()?;
+    // RHEL/UBI layout: glibc in /usr/lib64 (/lib64 a link to it), no multiarch dir, no
+    // /etc/debian_version; and an old driver baked into the image under the soname.
+    integration::image::import_glibc_variant(&g.c, "docker.io/library/lib64:test", &[], |r| {
+        let triple = format!("{}-linux-gnu", std::env::consts::ARCH);
+        std::fs::create_dir_all(r.join("usr/lib64"))?;
+        for dir in [format!("lib/{triple}"), format!("usr/lib/{triple}")] {
+            for e in std::fs::read_dir(r.join(&dir))? {
+                let e = e?;
+                std::fs::rename(e.path(), r.join("usr/lib64").join(e.file_name()))?;
+            }
+            std::fs::remove_dir(r.join(&dir))?;
+        }
+        std::fs::remove_dir_all(r.join("lib64"))?;
+        std::os::unix::fs::symlink("usr/lib64", r.join("lib64"))?;
+        std::fs::remove_file(r.join("etc/debian_version"))?;
+        gpu_core::fixture::build_lib(
+            &r.join("usr/lib64/libcuda.so.1"),
+            "libcuda.so.1",
+            "baked-in old driver",
+        )?;
+        std::fs::write(r.join("etc/ld.so.conf"), "/usr/lib64\n")?;
+        let st = std::process::Command::new("/sbin/ldconfig")
+            .arg("-r")
+            .arg(r)
+            .status()?;
+        ensure!(st.success(), "ldconfig -r");
+        Ok(())
+    })?;
+    let out = g.c.run_image(
+        "docker.io/library/lib64:test",
+        &["--rm", "--runtime-config-path", &g.config.clone(), "--env", "NVIDIA_VISIBLE_DEVICES=0"],
+        "lib64",
+        &[
+            "sh",
+            "-c",
+            "ls -l /usr/lib64/ | grep -E 'libcuda|libnvidia-ml'; d=$(ldconfig -p | grep 'libcuda.so.1 ' | sed 's/.*=> //' | xargs dirname); \
+             echo dir=$d; dlcheck libcuda.so.1 $d/libcuda.so.1 $d/libcuda.so; ls /usr/lib/ | grep -c linux-gnu; true",
+        ],
+    )?;
+    let text = stdout(&out);
+    ensure!(out.status.success(), "{out:?}\n{}", g.c.log_tail());
+    ensure!(text.contains("dir=/usr/lib64"), "{text}");
+    ensure!(
+        text.contains(&format!("libcuda.so.1 -> libcuda.so.{VERSION}"))
+            && text.contains("libcuda.so -> libcuda.so.1"),
+        "soname and development-name links in /usr/lib64: {text}"
+    );
+    ensure!(
+        !text.contains("baked-in old driver")
+            && text
+                .matches(&format!("-> real libcuda.so {VERSION}"))
+                .count()
+                == 3,
+        "the image's own libcuda.so.1 is shadowed under every name: {text}"
+    );
+    ensure!(
+        text.trim_end().ends_with("\n0"),
+        "no multiarch dir was made: {text}"
+    );
+    g.c.assert_clean()
+}
