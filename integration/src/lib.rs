@@ -320,6 +320,45 @@ disabled_plugins = [{cri}]
         Ok(())
     }
 
+    /// Calls `method` of the shim's task service `service` (e.g. `containerd.task.v3.Task`) for
+    /// container `id` over raw ttrpc, as a client of that API version would; returns the reply.
+    pub fn shim_call<R: containerd_shim_protos::protobuf::Message>(
+        &self,
+        id: &str,
+        service: &str,
+        method: &str,
+        req: &impl containerd_shim_protos::protobuf::Message,
+    ) -> Result<R> {
+        let address = fs::read_to_string(self.bundle(id).join("address"))?;
+        let client = containerd_shim_protos::Client::connect(address.trim())?;
+        let mut r = ttrpc::Request::new();
+        r.service = service.to_string();
+        r.method = method.to_string();
+        r.timeout_nano = 10_000_000_000;
+        r.payload = req.write_to_bytes()?;
+        let mut ns = ttrpc::proto::KeyValue::new();
+        ns.key = "containerd-namespace".into();
+        ns.value = self.namespace.clone();
+        r.metadata.push(ns);
+        let resp = client.request(r)?;
+        if let Some(status) = resp.status.as_ref() {
+            if status.code() != ttrpc::Code::OK {
+                bail!("{service}/{method}: {:?} {}", status.code(), status.message);
+            }
+        }
+        Ok(R::parse_from_bytes(&resp.payload)?)
+    }
+
+    /// The `ctr` of this daemon's containerd version (for subcommands that differ by version).
+    pub fn ctr_binary(&self) -> PathBuf {
+        self.tool("ctr")
+    }
+
+    /// Whether this daemon is containerd 2.x.
+    pub fn is_v2(&self) -> bool {
+        self.tools.is_some()
+    }
+
     /// Starts `ctr events` and returns a receiver of its lines.
     pub fn events(&self) -> Result<Events> {
         let mut child = self

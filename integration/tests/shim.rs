@@ -288,6 +288,65 @@ fn bad_runtime_config_fails_create_and_leaves_nothing(mut c: Containerd) -> Resu
     c.assert_clean()
 }
 
+fn task_api_v3_answers_beside_v2(mut c: Containerd) -> Result<()> {
+    use containerd_shim_protos::api;
+    ensure!(c.run(&["-d"], "v3", &["sleep", "1000"])?.status.success());
+    for service in ["containerd.task.v2.Task", "containerd.task.v3.Task"] {
+        let mut req = api::StateRequest::new();
+        req.id = "v3".into();
+        let st: api::StateResponse = c.shim_call("v3", service, "State", &req)?;
+        ensure!(
+            st.status == api::Status::RUNNING.into() && st.pid > 0,
+            "{service} State: {st:?}"
+        );
+        let mut req = api::PidsRequest::new();
+        req.id = "v3".into();
+        let pids: api::PidsResponse = c.shim_call("v3", service, "Pids", &req)?;
+        ensure!(
+            pids.processes.iter().any(|p| p.pid == st.pid),
+            "{service} Pids: {pids:?}"
+        );
+        let mut req = api::StatsRequest::new();
+        req.id = "v3".into();
+        let stats: api::StatsResponse = c.shim_call("v3", service, "Stats", &req)?;
+        ensure!(stats.stats.is_some(), "{service} Stats");
+    }
+    if c.is_v2() {
+        // containerd 2.x's own v3 client.
+        let out = c.ctr(&["shim", "--id", "v3", "state"])?;
+        ensure!(
+            out.status.success() && stdout(&out).contains("\"status\": 2"),
+            "ctr shim state (task API v3): {out:?}"
+        );
+    }
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "v3"])?;
+    let events = c.events()?;
+    let _ = events.wait_for(&["/tasks/exit", &init_id("v3")], Duration::from_secs(20));
+    c.ctr_ok(&["task", "delete", "v3"])?;
+    c.ctr_ok(&["containers", "rm", "v3"])?;
+    c.assert_clean()
+}
+
+fn exit_after_a_containerd_restart_reaches_subscribers(mut c: Containerd) -> Result<()> {
+    ensure!(c
+        .run(&["-d"], "restarted", &["sleep", "1000"])?
+        .status
+        .success());
+    // Publish something before the restart so the shim holds a connection that will die.
+    c.ctr_ok(&["task", "pause", "restarted"])?;
+    c.ctr_ok(&["task", "resume", "restarted"])?;
+    c.restart_daemon()?;
+    let events = c.events()?;
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "restarted"])?;
+    events.wait_for(
+        &["/tasks/exit", &init_id("restarted")],
+        Duration::from_secs(20),
+    )?;
+    c.ctr_ok(&["task", "delete", "restarted"])?;
+    c.ctr_ok(&["containers", "rm", "restarted"])?;
+    c.assert_clean()
+}
+
 /// Runs every scenario under containerd 1.6 (Debian bookworm) and 2.x (Debian sid).
 macro_rules! versions {
     ($($name:ident),* $(,)?) => {
@@ -315,4 +374,6 @@ versions!(
     killed_shim_is_cleaned_up_through_delete,
     container_survives_a_containerd_restart,
     bad_runtime_config_fails_create_and_leaves_nothing,
+    task_api_v3_answers_beside_v2,
+    exit_after_a_containerd_restart_reaches_subscribers,
 );

@@ -17,3 +17,4 @@ pub mod runc;
 pub mod service;
 pub mod settings;
 pub mod start;
+pub mod task_api;

@@ -5,9 +5,8 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use containerd_shim_nvidia_v2::{
-    delete, logging, publisher::Publisher, reaper, service::Service, start,
+    delete, logging, publisher::Publisher, reaper, service::Service, start, task_api,
 };
-use containerd_shim_protos::shim_async::create_task;
 use containerd_shim_protos::ttrpc::r#async::Server;
 
 const LISTENER_FD: RawFd = 3;
@@ -23,7 +22,7 @@ fn main() {
     };
     if flags.version {
         println!(
-            "containerd-shim-nvidia-v2:\n  Version: {}\n  Task API: v2",
+            "containerd-shim-nvidia-v2:\n  Version: {}\n  Task API: v2, v3",
             env!("CARGO_PKG_VERSION")
         );
         return;
@@ -122,7 +121,7 @@ fn serve(flags: containerd_shim::Flags) {
         // SAFETY: fd 3 is the listening socket `start` handed over; nothing else uses it.
         let server = unsafe { Server::new().add_unix_listener(LISTENER_FD) };
         let mut server = match server {
-            Ok(s) => s.register_service(create_task(service)),
+            Ok(s) => s.register_service(task_api::services(service)),
             Err(e) => {
                 tracing::error!("using listener fd 3: {e}");
                 return 1;

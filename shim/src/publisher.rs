@@ -1,6 +1,7 @@
 //! Events to containerd over ttrpc (`TTRPC_ADDRESS`). One task drains one queue in order and retries
-//! a failed event in place, so a reconnect can delay events but never reorder them (the crate's
-//! publisher requeues at the back, which can put TaskExit before TaskStart).
+//! a failed event in place, reconnecting each time, for up to [`RETRY_FOR`]: a containerd restart
+//! delays events but never loses or reorders them (the crate's publisher requeues at the back,
+//! which can put TaskExit before TaskStart).
 
 use std::time::Duration;
 
@@ -24,7 +25,12 @@ pub struct Publisher {
     namespace: String,
 }
 
-const ATTEMPTS: u32 = 5;
+/// How long one event is retried before it is given up on: long enough to outlast a containerd
+/// restart (the daemon re-reads every bundle before it serves events again), bounded so a
+/// containerd that is gone for good does not hold the queue forever.
+pub const RETRY_FOR: Duration = Duration::from_secs(60);
+/// Longest pause between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 impl Publisher {
     /// Starts the publishing task. With no address, events are dropped (used by tests of `delete`).
@@ -43,7 +49,9 @@ impl Publisher {
                 let Some(addr) = address.as_deref() else {
                     continue;
                 };
-                for attempt in 0..ATTEMPTS {
+                let first = tokio::time::Instant::now();
+                let mut backoff = Duration::from_millis(50);
+                loop {
                     if client.is_none() {
                         let target = if addr.contains("://") {
                             addr.to_string()
@@ -61,12 +69,24 @@ impl Publisher {
                         match c.forward(context::with_timeout(5_000_000_000), &req).await {
                             Ok(_) => break,
                             Err(e) => {
-                                tracing::warn!("publishing {}: {e}", req.envelope.topic);
+                                tracing::warn!(
+                                    "publishing {}: {e}; reconnecting",
+                                    req.envelope.topic
+                                );
                                 client = None;
                             }
                         }
                     }
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    if first.elapsed() >= RETRY_FOR {
+                        tracing::error!(
+                            "dropping event {}: containerd did not take it for {}s",
+                            req.envelope.topic,
+                            RETRY_FOR.as_secs()
+                        );
+                        break;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         });
@@ -107,4 +127,58 @@ pub fn now() -> containerd_shim_protos::protobuf::well_known_types::timestamp::T
     ts.seconds = d.as_secs() as i64;
     ts.nanos = d.subsec_nanos() as i32;
     ts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerd_shim_protos::api::Empty;
+    use containerd_shim_protos::events::task::TaskExit;
+    use containerd_shim_protos::shim_async::{create_events, Events};
+    use containerd_shim_protos::ttrpc::r#async::{Server, TtrpcContext};
+    use std::sync::Arc;
+
+    /// containerd's events service, reduced to a channel of topics.
+    struct Sink(mpsc::UnboundedSender<String>);
+
+    #[async_trait::async_trait]
+    impl Events for Sink {
+        async fn forward(
+            &self,
+            _: &TtrpcContext,
+            req: ForwardRequest,
+        ) -> containerd_shim_protos::ttrpc::Result<Empty> {
+            let _ = self.0.send(req.envelope.topic.clone());
+            Ok(Empty::new())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn events_queued_while_containerd_is_down_arrive_in_order_once_it_is_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("ttrpc.sock");
+        let publisher = Publisher::start(Some(sock.display().to_string()), "ns".into());
+        let mut exit = TaskExit::new();
+        exit.container_id = "c".into();
+        publisher.publish("/tasks/start", &exit);
+        publisher.publish("/tasks/exit", &exit);
+        // containerd stays away longer than a few quick retries would cover.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut server = Server::new()
+            .bind(&format!("unix://{}", sock.display()))
+            .unwrap()
+            .register_service(create_events(Arc::new(Sink(tx))));
+        server.start().await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let topic = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("events arrive once containerd is back")
+                .expect("sink open");
+            got.push(topic);
+        }
+        assert_eq!(got, ["/tasks/start", "/tasks/exit"]);
+        let _ = server.shutdown().await;
+    }
 }
