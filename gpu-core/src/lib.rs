@@ -81,6 +81,35 @@ impl Injector {
         &self.config
     }
 
+    /// Gives driver libraries that are already mounted in `spec` (by containerd's own CDI
+    /// handling) their loader cache entries and links; adds no device and no mount.
+    fn prepare_mounted(&self, spec: &Spec, rootfs: &Path) -> Result<Injected, GpuError> {
+        let mounts: Vec<(std::path::PathBuf, String)> = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .filter_map(|m| {
+                Some((
+                    m.source().clone()?,
+                    m.destination().to_string_lossy().into_owned(),
+                ))
+            })
+            .collect();
+        let p = plan::plan_for_mounted_libraries(&mounts, &*self.discovery.inventory()?);
+        let root = inroot::Root::open(rootfs)
+            .map_err(|e| GpuError::Refused(format!("opening rootfs {}: {e}", rootfs.display())))?;
+        let mut warnings = apply::write_links(&p, &root);
+        warnings.extend(apply::write_ld_cache(&p, &root)?);
+        Ok(Injected {
+            summary: format!(
+                "devices injected before the shim (CDI): {} mounted driver libraries given loader entries, {} links",
+                p.ld_entries.len(),
+                p.links.len()
+            ),
+            warnings,
+        })
+    }
+
     /// The plan for `spec` against the image layout given, without touching a rootfs.
     /// `Ok(None)` when the container asked for nothing.
     pub fn plan(&self, spec: &Spec, layout: &plan::ImageLayout) -> Result<Option<Plan>, GpuError> {
@@ -110,6 +139,9 @@ impl Injector {
     /// Returns `None` when the container asked for nothing (or is a pod sandbox).
     pub fn prepare(&self, spec: &mut Spec, rootfs: &Path) -> Result<Option<Injected>, GpuError> {
         let Some(req) = request::parse(spec, &self.config.gpu)? else {
+            if request::has_nvidia_devices(spec) {
+                return self.prepare_mounted(spec, rootfs).map(Some);
+            }
             return Ok(None);
         };
         let root = inroot::Root::open(rootfs)

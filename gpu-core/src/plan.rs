@@ -317,6 +317,38 @@ fn effective_caps(req: &Request) -> BTreeSet<Capability> {
     caps
 }
 
+/// The loader's part of a GPU container whose driver libraries someone else already mounted
+/// (containerd applying a CDI spec for the CRI `CDIDevices` field, say): for every mount of a
+/// library of this driver, the loader cache entry and the soname/development-name links in the
+/// directory it was mounted into. Grants nothing: no device node and no mount is added.
+pub fn plan_for_mounted_libraries(mounts: &[(PathBuf, String)], inv: &Inventory) -> Plan {
+    let mut p = Plan::default();
+    let destinations: BTreeSet<&str> = mounts.iter().map(|(_, d)| d.as_str()).collect();
+    for (source, dest) in mounts {
+        let Some(lib) = inv.libraries.iter().find(|l| &l.path == source) else {
+            continue;
+        };
+        let Some((dir, file)) = dest.rsplit_once('/') else {
+            continue;
+        };
+        let flags = if lib.is_32bit {
+            ldcache::FLAGS_LIB32
+        } else {
+            ldcache::FLAGS_LIB64
+        };
+        let soname = lib.soname.as_deref().unwrap_or(&lib.file_name);
+        if file == lib.file_name {
+            p.ld_entries.push(Entry::new(flags, soname, dest.clone()));
+        }
+        for (name, target) in [(soname, file), (lib.prefix.as_str(), soname)] {
+            if !destinations.contains(format!("{dir}/{name}").as_str()) {
+                p.add_link(dir, name, target);
+            }
+        }
+    }
+    p
+}
+
 /// Builds the plan for `req` (only its env/volume-mount part; CDI devices are applied
 /// separately from their specs).
 pub fn plan(req: &Request, inv: &Inventory, image: &ImageLayout) -> Result<Plan, GpuError> {

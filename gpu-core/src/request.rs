@@ -78,6 +78,25 @@ pub fn is_privileged(spec: &Spec) -> bool {
         .is_some_and(|b| b.contains(&oci_spec::runtime::Capability::SysAdmin))
 }
 
+/// Whether the spec already carries NVIDIA device nodes that no request of ours put there
+/// (containerd applied a CDI spec itself), so only the loader's part remains to be done.
+pub fn has_nvidia_devices(spec: &Spec) -> bool {
+    !is_sandbox(spec)
+        && spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.devices().as_ref())
+            .is_some_and(|d| {
+                d.iter()
+                    .any(|n| n.path().to_string_lossy().starts_with("/dev/nvidia"))
+            })
+}
+
+/// Whether the spec carries GPU work for the shim: a request, or devices someone else injected.
+pub fn needs_gpu_stage(spec: &Spec, cfg: &GpuConfig) -> Result<bool, GpuError> {
+    Ok(parse(spec, cfg)?.is_some() || has_nvidia_devices(spec))
+}
+
 /// Whether the spec is a CRI pod sandbox (pause) container.
 pub fn is_sandbox(spec: &Spec) -> bool {
     spec.annotations()

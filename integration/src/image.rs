@@ -64,6 +64,17 @@ pub fn pack(rootfs: &Path, name: &str, work: &Path) -> Result<PathBuf> {
 
 /// Like [`pack`], with `env` (`K=V`) added to the image config's environment.
 pub fn pack_with_env(rootfs: &Path, name: &str, work: &Path, env: &[String]) -> Result<PathBuf> {
+    pack_image(rootfs, name, work, env, &["sh"])
+}
+
+/// Packs `rootfs` as image `name` whose config has `env` added and `cmd` as its command.
+pub fn pack_image(
+    rootfs: &Path,
+    name: &str,
+    work: &Path,
+    env: &[String],
+    cmd: &[&str],
+) -> Result<PathBuf> {
     let layout = work.join("layout");
     fs::create_dir_all(layout.join("blobs/sha256"))?;
     let layer = work.join("layer.tar");
@@ -85,7 +96,7 @@ pub fn pack_with_env(rootfs: &Path, name: &str, work: &Path, env: &[String]) -> 
     let config = json!({
         "architecture": oci_arch(),
         "os": "linux",
-        "config": {"Env": image_env, "Cmd": ["sh"]},
+        "config": {"Env": image_env, "Cmd": cmd},
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
     });
     let cfg_file = work.join("config.json");
@@ -273,4 +284,36 @@ pub fn import(ctd: &Containerd) -> Result<()> {
     let root = work.path().join("rootfs");
     busybox_rootfs(&root)?;
     import_rootfs(ctd, &root, IMAGE)
+}
+
+/// Reference of the pod sandbox image built here: a static `/pause` that sleeps until signalled.
+pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:nvidia-shim-test";
+
+const PAUSE_C: &str = r#"
+#include <signal.h>
+#include <unistd.h>
+static void bye(int s) { (void)s; _exit(0); }
+int main(void) {
+    signal(SIGINT, bye);
+    signal(SIGTERM, bye);
+    for (;;) pause();
+}
+"#;
+
+/// Builds and imports the pod sandbox image ([`PAUSE_IMAGE`]).
+pub fn import_pause(ctd: &Containerd) -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let root = work.path().join("rootfs");
+    fs::create_dir_all(&root)?;
+    let src = work.path().join("pause.c");
+    fs::write(&src, PAUSE_C)?;
+    run_ok(
+        Command::new("cc")
+            .args(["-static", "-O2", "-o"])
+            .arg(root.join("pause"))
+            .arg(&src),
+    )?;
+    let archive = pack_image(&root, PAUSE_IMAGE, work.path(), &[], &["/pause"])?;
+    ctd.ctr_ok(&["images", "import", &archive.display().to_string()])?;
+    Ok(())
 }

@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cri;
 pub mod image;
 
 use std::fs;
@@ -44,6 +45,59 @@ pub struct Containerd {
     extra_path: Vec<PathBuf>,
     /// Directory of a non-default containerd + ctr.
     tools: Option<PathBuf>,
+    version: Version,
+}
+
+/// The containerd versions the tests run under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// 1.6 (Debian bookworm, installed).
+    V1_6,
+    /// 1.7 (Debian trixie, extracted into `.cache/containerd17`).
+    V1_7,
+    /// 2.x (Debian sid, extracted into `.cache/containerd2`).
+    V2,
+}
+
+impl Version {
+    /// Directories to put ahead on PATH for this version's containerd and ctr.
+    fn tools(self) -> Result<Vec<PathBuf>> {
+        let sub = match self {
+            Version::V1_6 => return Ok(Vec::new()),
+            Version::V1_7 => "containerd17",
+            Version::V2 => "containerd2",
+        };
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../.cache")
+            .join(sub)
+            .join("usr/bin");
+        if !dir.join("containerd").exists() {
+            bail!("{} missing: run `just setup`", dir.display());
+        }
+        Ok(vec![dir])
+    }
+
+    /// Asks a containerd binary (empty path: the one on PATH) which version it is.
+    fn of(binary: &Path) -> Result<Self> {
+        let bin = if binary.as_os_str().is_empty() || !binary.exists() {
+            PathBuf::from("containerd")
+        } else {
+            binary.to_path_buf()
+        };
+        let out = Command::new(&bin)
+            .arg("--version")
+            .output()
+            .with_context(|| format!("running {} --version", bin.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v = text.split_whitespace().nth(2).unwrap_or_default();
+        Ok(if v.starts_with("2.") {
+            Version::V2
+        } else if v.starts_with("1.7") {
+            Version::V1_7
+        } else {
+            Version::V1_6
+        })
+    }
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -56,16 +110,28 @@ impl Containerd {
 
     /// Starts Debian's containerd 2.x extracted by `just setup` into `.cache/containerd2`.
     pub fn start_v2() -> Result<Self> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/containerd2/usr/bin");
-        if !dir.join("containerd").exists() {
-            bail!("{} missing: run `just setup`", dir.display());
-        }
-        Self::start_with(&[dir])
+        Self::start_version(Version::V2)
+    }
+
+    /// Starts containerd of `version` (Debian's bookworm package, or the trixie/sid ones extracted
+    /// by `just setup` into `.cache/`).
+    pub fn start_version(version: Version) -> Result<Self> {
+        Self::start_opts(version.tools()?.as_slice(), None)
     }
 
     /// Like [`Containerd::start`], with directories holding another containerd and ctr (and
     /// their runc shim) ahead on PATH.
     pub fn start_with(extra_path: &[PathBuf]) -> Result<Self> {
+        Self::start_opts(extra_path, None)
+    }
+
+    /// Starts containerd with its CRI plugin on, configured by `cri` (a TOML fragment in the
+    /// daemon's config version, appended to the base config), in namespace `k8s.io`.
+    pub fn start_cri(version: Version, cri: &str) -> Result<Self> {
+        Self::start_opts(version.tools()?.as_slice(), Some(cri))
+    }
+
+    fn start_opts(extra_path: &[PathBuf], cri: Option<&str>) -> Result<Self> {
         let shim = bin_dir().join(SHIM_BIN);
         if !shim.exists() {
             bail!(
@@ -76,13 +142,17 @@ impl Containerd {
         // Short path: containerd's socket path must fit in sun_path.
         let dir = tempfile::Builder::new().prefix("nvs-").tempdir_in("/tmp")?;
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        let namespace = format!("it{}-{n}", std::process::id());
-        let tools = extra_path.first().cloned();
-        let v2 = tools
-            .as_ref()
-            .is_some_and(|t| t.join("containerd").exists());
+        let namespace = match cri {
+            Some(_) => "k8s.io".to_string(),
+            None => format!("it{}-{n}", std::process::id()),
+        };
+        let tools = extra_path
+            .first()
+            .filter(|t| t.join("containerd").exists())
+            .cloned();
+        let version = Version::of(&tools.clone().unwrap_or_default().join("containerd"))?;
         // containerd 2.x reads version 3 configs, where CRI is three plugins.
-        let (version, cri) = if v2 {
+        let (config_version, cri_plugins) = if version == Version::V2 {
             (
                 3,
                 r#""io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime""#,
@@ -90,17 +160,20 @@ impl Containerd {
         } else {
             (2, r#""io.containerd.grpc.v1.cri""#)
         };
+        let disabled = if cri.is_some() { "" } else { cri_plugins };
         let config = format!(
-            r#"version = {version}
+            r#"version = {config_version}
 root = "{d}/root"
 state = "{d}/state"
-disabled_plugins = [{cri}]
+disabled_plugins = [{disabled}]
 [grpc]
   address = "{d}/containerd.sock"
 [ttrpc]
   address = "{d}/containerd.sock.ttrpc"
+{extra}
 "#,
-            d = dir.path().display()
+            d = dir.path().display(),
+            extra = cri.unwrap_or_default(),
         );
         fs::write(dir.path().join("config.toml"), config)?;
         let mut me = Self {
@@ -109,11 +182,17 @@ disabled_plugins = [{cri}]
             child: None,
             ids: Vec::new(),
             extra_path: extra_path.to_vec(),
-            tools: tools.filter(|_| v2),
+            tools,
+            version,
         };
         me.launch()?;
         image::import(&me)?;
         Ok(me)
+    }
+
+    /// Which containerd this is.
+    pub fn version(&self) -> Version {
+        self.version
     }
 
     fn tool(&self, name: &str) -> PathBuf {
@@ -175,12 +254,23 @@ disabled_plugins = [{cri}]
         self.launch()
     }
 
-    /// The end of containerd's log, for failure messages.
+    /// containerd's warnings and errors, then the end of its log, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let from = lines.len().saturating_sub(40);
-        format!("containerd log:\n{}", lines[from..].join("\n"))
+        let problems: Vec<&str> = lines[..from]
+            .iter()
+            .filter(|l| {
+                l.contains("level=error") || l.contains("level=fatal") || l.contains("panic")
+            })
+            .copied()
+            .collect();
+        format!(
+            "containerd log (errors, then the last lines):\n{}\n…\n{}",
+            problems.join("\n"),
+            lines[from..].join("\n")
+        )
     }
 
     fn ctr_cmd(&self, args: &[&str]) -> Command {
@@ -356,7 +446,7 @@ disabled_plugins = [{cri}]
 
     /// Whether this daemon is containerd 2.x.
     pub fn is_v2(&self) -> bool {
-        self.tools.is_some()
+        self.version == Version::V2
     }
 
     /// Starts `ctr events` and returns a receiver of its lines.

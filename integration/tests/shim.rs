@@ -319,9 +319,9 @@ fn task_api_v3_answers_beside_v2(mut c: Containerd) -> Result<()> {
             "ctr shim state (task API v3): {out:?}"
         );
     }
-    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "v3"])?;
     let events = c.events()?;
-    let _ = events.wait_for(&["/tasks/exit", &init_id("v3")], Duration::from_secs(20));
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "v3"])?;
+    events.wait_for(&["/tasks/exit", &init_id("v3")], Duration::from_secs(20))?;
     c.ctr_ok(&["task", "delete", "v3"])?;
     c.ctr_ok(&["containers", "rm", "v3"])?;
     c.assert_clean()

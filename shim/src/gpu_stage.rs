@@ -29,10 +29,7 @@ pub async fn run(
     rootfs: PathBuf,
 ) -> Result<Outcome, String> {
     // Parsing the request is pure and bounded: containers without one never leave this thread.
-    if gpu_core::request::parse(&spec, &cfg.gpu)
-        .map_err(|e| e.to_string())?
-        .is_none()
-    {
+    if !gpu_core::request::needs_gpu_stage(&spec, &cfg.gpu).map_err(|e| e.to_string())? {
         return Ok(Outcome::Untouched(spec));
     }
     let limit = Duration::from_millis(cfg.gpu.prepare_timeout_ms);
