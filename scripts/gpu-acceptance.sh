@@ -307,6 +307,18 @@ if echo "$o" | grep -q 'dir=/usr/lib64' && echo "$o" | grep -q 'TRITON OK' && ec
     record 13 "/usr/lib64 image: names in /usr/lib64, Triton check, CUDA" PASS "$(echo "$o" | oneline)"
 else record 13 "/usr/lib64 image: names in /usr/lib64, Triton check, CUDA" FAIL "$(echo "$o" | oneline)"; fi
 
+# 16. Kubernetes' path: a pod through CRI (containerd's CRI plugin, handler `nvidia` as the README
+#     configures it), one container by the device plugin's env route and one by its CDI route,
+#     each running nvidia-smi and a CUDA kernel through ExecSync; the sandbox gets no GPU.
+mkdir -p "$W/cdi"
+nvidia-shim --config "$W/shim.toml" cdi generate --output "$W/cdi/nvidia.yaml" >>"$LOG" 2>&1
+o=$(NVIDIA_SHIM_BIN_DIR="$W/bin" NVIDIA_SHIM_BUSYBOX="$W/bin/busybox" NVIDIA_SHIM_PAUSE="$W/bin/pause" \
+    timeout 300 "$W/bin/gpu-cri" "$W/shim.toml" "$W/cdi" "$W/image.tar" "$IMG" 2>&1)
+echo "$o" >"$OUT/check16.txt"
+if echo "$o" | grep -q '^CRI PASS'; then
+    record 16 "CRI pod (handler nvidia): env and CDI routes run nvidia-smi and CUDA" PASS "$(echo "$o" | oneline)"
+else record 16 "CRI pod (handler nvidia): env and CDI routes run nvidia-smi and CUDA" FAIL "$(echo "$o" | tail -5 | oneline)"; fi
+
 # --- latency -----------------------------------------------------------------------------------
 ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1; e=$(date +%s%N); echo $(((e - s) / 1000)); }
 : >"$W/a"; : >"$W/b"; : >"$W/c"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares .gpu-bundle/, the one folder a GPU host needs for scripts/gpu-acceptance.sh:
 # containerd, ctr, runc and the Go runc shim extracted from Debian's packages, busybox-static,
-# and this repo's release binaries, packed as bins.tar.xz.
+# this repo's release binaries (and the CRI check, gpu-cri, with a static pause), packed as
+# bins.tar.xz; and a Debian bookworm rootfs for the real-image checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.gpu-bundle
@@ -9,10 +10,14 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$out" "$work/debs" "$work/x" "$work/bin"
 cargo build --release -p containerd-shim-nvidia-v2 --bins
+cargo build --release -p integration --bin gpu-cri
 (cd "$work/debs" && apt-get download -q containerd runc busybox-static >/dev/null)
 for d in "$work"/debs/*.deb; do dpkg -x "$d" "$work/x"; done
 cp "$work"/x/usr/bin/{containerd,ctr,containerd-shim-runc-v2} "$work/x/usr/sbin/runc" "$work/x/bin/busybox" "$work/bin/"
-cp target/release/{containerd-shim-nvidia-v2,nvidia-shim} "$work/bin/"
+cp target/release/{containerd-shim-nvidia-v2,nvidia-shim,gpu-cri} "$work/bin/"
+# The CRI check's pod sandbox program, static: a GPU host need not have a static libc.
+printf '#include <signal.h>\n#include <unistd.h>\nstatic void bye(int s){(void)s;_exit(0);}\nint main(void){signal(SIGINT,bye);signal(SIGTERM,bye);for(;;)pause();}\n' >"$work/pause.c"
+cc -static -O2 -o "$work/bin/pause" "$work/pause.c"
 tar -C "$work/bin" -cf - . | xz -T0 -6 > "$out/bins.tar.xz"
 # A real Debian image for the real-image checks, built once and kept in .cache/.
 if [ ! -f .cache/debian-rootfs.tar ]; then

@@ -63,6 +63,44 @@ pub fn read(path: &Path) -> Option<ElfInfo> {
     parse_from(&FileSource(f, len))
 }
 
+/// The contents of section `name` of the 64-bit little-endian ELF file at `path`, at most `max`
+/// bytes of it. Only the section headers, their name table and that section are read.
+pub fn section(path: &Path, name: &str, max: usize) -> Option<Vec<u8>> {
+    let f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let src = FileSource(f, len);
+    let h = src.bytes(0, 64)?;
+    if h.get(0..4)? != b"\x7fELF" || *h.get(4)? != 2 || *h.get(5)? != 1 {
+        return None;
+    }
+    let shoff = uint(&h, 0x28, 8)?;
+    let (shentsize, shnum, shstrndx) = (uint(&h, 0x3a, 2)?, uint(&h, 0x3c, 2)?, uint(&h, 0x3e, 2)?);
+    if shentsize != 64 || shnum > 4096 || shstrndx >= shnum {
+        return None;
+    }
+    let table = src.bytes(shoff, usize::try_from(shentsize * shnum).ok()?)?;
+    // (name offset, file offset, size) of header i.
+    let header = |i: u64| -> Option<(u64, u64, u64)> {
+        let at = usize::try_from(i * shentsize).ok()?;
+        Some((
+            uint(&table, at, 4)?,
+            uint(&table, at + 0x18, 8)?,
+            uint(&table, at + 0x20, 8)?,
+        ))
+    };
+    let (_, str_off, str_size) = header(shstrndx)?;
+    let names = src.bytes(str_off, usize::try_from(str_size.min(1 << 16)).ok()?)?;
+    (0..shnum).find_map(|i| {
+        let (n, off, size) = header(i)?;
+        let at = usize::try_from(n).ok()?;
+        let end = at + names.get(at..)?.iter().position(|c| *c == 0)?;
+        if &names[at..end] != name.as_bytes() {
+            return None;
+        }
+        src.bytes(off, usize::try_from(size).ok()?.min(max))
+    })
+}
+
 /// Parses ELF bytes (see [`read`]).
 pub fn parse(b: &[u8]) -> Option<ElfInfo> {
     parse_from(&b)
@@ -202,5 +240,15 @@ mod tests {
     fn non_elf_is_none() {
         assert_eq!(parse(b"#!/bin/sh\n"), None);
         assert_eq!(parse(b"\x7fELF"), None);
+    }
+
+    #[test]
+    fn reads_a_named_section_of_a_real_binary() {
+        // Every Rust test binary has a .comment or .text section; the running one is at hand.
+        let exe = std::env::current_exe().unwrap();
+        let text = section(&exe, ".text", 16).expect(".text");
+        assert_eq!(text.len(), 16);
+        assert!(section(&exe, ".no-such-section", 16).is_none());
+        assert!(section(Path::new("/nonexistent"), ".text", 16).is_none());
     }
 }

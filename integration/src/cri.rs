@@ -127,14 +127,13 @@ fn connect(rt: &tokio::runtime::Runtime, c: &Containerd) -> Result<RuntimeServic
 
 impl Cri {
     /// Starts containerd `version` with CRI on; our shim reads `shim_config`, CDI specs live in
-    /// `cdi_dir`. The busybox, glibc and pause images are imported.
+    /// `cdi_dir`. The busybox and pause images are imported.
     pub fn start(version: Version, shim_config: &str, cdi_dir: &Path) -> Result<Self> {
         let cni = tempfile::Builder::new()
             .prefix("nvcni-")
             .tempdir_in("/tmp")?;
         let cfg = cri_config(version, shim_config, cdi_dir, cni.path())?;
         let c = Containerd::start_cri(version, &cfg)?;
-        image::import_glibc(&c)?;
         image::import_pause(&c)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -11,17 +11,23 @@ use serde_json::json;
 
 use crate::{Containerd, IMAGE};
 
-/// Where Debian's busybox-static installs its binary.
-const BUSYBOX: &str = "/bin/busybox";
+/// Where Debian's busybox-static installs its binary (`NVIDIA_SHIM_BUSYBOX` overrides it, for
+/// hosts that carry one in a bundle).
+fn busybox() -> PathBuf {
+    std::env::var_os("NVIDIA_SHIM_BUSYBOX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/bin/busybox"))
+}
 
 /// Fills `root` with a busybox userland: `/bin/busybox`, one link per applet, and the usual dirs.
 pub fn busybox_rootfs(root: &Path) -> Result<()> {
     for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "run", "root"] {
         fs::create_dir_all(root.join(d))?;
     }
-    fs::copy(BUSYBOX, root.join("bin/busybox"))
-        .with_context(|| format!("copying {BUSYBOX} (install busybox-static)"))?;
-    let list = Command::new(BUSYBOX).arg("--list").output()?;
+    let bb = busybox();
+    fs::copy(&bb, root.join("bin/busybox"))
+        .with_context(|| format!("copying {} (install busybox-static)", bb.display()))?;
+    let list = Command::new(&bb).arg("--list").output()?;
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         let link = root.join("bin").join(applet);
         if applet != "busybox" && !link.exists() {
@@ -300,19 +306,30 @@ int main(void) {
 }
 "#;
 
-/// Builds and imports the pod sandbox image ([`PAUSE_IMAGE`]).
-pub fn import_pause(ctd: &Containerd) -> Result<()> {
+/// Compiles the static pause program to `out`.
+pub fn build_pause(out: &Path) -> Result<()> {
     let work = tempfile::tempdir()?;
-    let root = work.path().join("rootfs");
-    fs::create_dir_all(&root)?;
     let src = work.path().join("pause.c");
     fs::write(&src, PAUSE_C)?;
     run_ok(
         Command::new("cc")
             .args(["-static", "-O2", "-o"])
-            .arg(root.join("pause"))
+            .arg(out)
             .arg(&src),
-    )?;
+    )
+}
+
+/// Builds and imports the pod sandbox image ([`PAUSE_IMAGE`]).
+pub fn import_pause(ctd: &Containerd) -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let root = work.path().join("rootfs");
+    fs::create_dir_all(&root)?;
+    // A GPU host may have no static libc: it carries a pause built here (NVIDIA_SHIM_PAUSE).
+    if let Some(prebuilt) = std::env::var_os("NVIDIA_SHIM_PAUSE") {
+        fs::copy(prebuilt, root.join("pause"))?;
+    } else {
+        build_pause(&root.join("pause"))?;
+    }
     let archive = pack_image(&root, PAUSE_IMAGE, work.path(), &[], &["/pause"])?;
     ctd.ctr_ok(&["images", "import", &archive.display().to_string()])?;
     Ok(())

@@ -32,6 +32,7 @@ fn lab(version: Version) -> Result<Lab> {
         .output()?;
     ensure!(out.status.success(), "cdi generate: {out:?}");
     let cri = Cri::start(version, &config, &cdi)?;
+    integration::image::import_glibc(&cri.c)?;
     Ok(Lab {
         cri,
         _host_dir: host_dir,

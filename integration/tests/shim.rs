@@ -327,6 +327,31 @@ fn task_api_v3_answers_beside_v2(mut c: Containerd) -> Result<()> {
     c.assert_clean()
 }
 
+fn start_replies_in_the_form_each_containerd_understands(mut c: Containerd) -> Result<()> {
+    ensure!(c.run(&["-d"], "boot", &["sleep", "1000"])?.status.success());
+    let bootstrap = std::fs::read_to_string(c.bundle("boot").join("bootstrap.json")).ok();
+    if c.is_v2() {
+        // containerd 2.x records the JSON reply: task API v3 over ttrpc.
+        let b = bootstrap.unwrap_or_default();
+        ensure!(
+            b.contains("\"version\":3") && b.contains("ttrpc"),
+            "containerd 2.x was told v3: {b:?}"
+        );
+    } else {
+        ensure!(bootstrap.is_none(), "containerd 1.x gets the plain address");
+    }
+    // Either way the task answers through containerd, and a restart reconnects.
+    c.restart_daemon()?;
+    let ls = c.ctr_ok(&["task", "ls"])?;
+    ensure!(ls.contains("RUNNING"), "{ls}");
+    let events = c.events()?;
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "boot"])?;
+    events.wait_for(&["/tasks/exit", &init_id("boot")], Duration::from_secs(20))?;
+    c.ctr_ok(&["task", "delete", "boot"])?;
+    c.ctr_ok(&["containers", "rm", "boot"])?;
+    c.assert_clean()
+}
+
 fn exit_after_a_containerd_restart_reaches_subscribers(mut c: Containerd) -> Result<()> {
     ensure!(c
         .run(&["-d"], "restarted", &["sleep", "1000"])?
@@ -376,4 +401,5 @@ versions!(
     bad_runtime_config_fails_create_and_leaves_nothing,
     task_api_v3_answers_beside_v2,
     exit_after_a_containerd_restart_reaches_subscribers,
+    start_replies_in_the_form_each_containerd_understands,
 );

@@ -33,7 +33,7 @@ fn main() {
     match flags.action.as_str() {
         "start" => match start::run(&flags) {
             Ok(addr) => {
-                print!("{addr}");
+                print!("{}", start::reply(&addr, start::parent_speaks_v3()));
                 let _ = std::io::stdout().flush();
             }
             Err(e) => {

@@ -41,6 +41,29 @@ fn socket_path(address: &str) -> &str {
     address.strip_prefix("unix://").unwrap_or(address)
 }
 
+/// What `start` prints: the plain address (the one reply containerd 1.6, 1.7 and 2.x all accept),
+/// or, when the containerd that started us is 2.x, the bootstrap JSON that tells it to speak task
+/// API v3 to us.
+pub fn reply(address: &str, speaks_v3: bool) -> String {
+    if speaks_v3 {
+        format!(r#"{{"version":3,"address":"{address}","protocol":"ttrpc"}}"#)
+    } else {
+        address.to_string()
+    }
+}
+
+/// Whether the process that started us is containerd 2.x. containerd passes no version (its
+/// `MAX_SHIM_VERSION` is 2 on every release), so the parent's binary says it: Go records the main
+/// module in `.go.buildinfo`, and 2.x's is `github.com/containerd/containerd/v2`. Anything
+/// unreadable or unknown means "not 2.x": the plain reply works everywhere.
+pub fn parent_speaks_v3() -> bool {
+    let exe = format!("/proc/{}/exe", std::os::unix::process::parent_id());
+    gpu_core::elf::section(Path::new(&exe), ".go.buildinfo", 16 << 10)
+        .is_some_and(|info| info.windows(V2_MODULE.len()).any(|w| w == V2_MODULE))
+}
+
+const V2_MODULE: &[u8] = b"\tgithub.com/containerd/containerd/v2/";
+
 /// Runs `start`; returns the address to print.
 pub fn run(flags: &containerd_shim::Flags) -> Result<String, String> {
     let mut stdin = Vec::new();
