@@ -43,6 +43,8 @@ cat >"$W/shim.toml" <<EOF
 [driver]
 root = "$DRIVER_ROOT"
 cache_dir = "$W/cache"
+[gpu]
+cdi_spec_dirs = ["$W/cdi"]
 EOF
 # containerd passes its environment to shims: the shim finds its config through it.
 NVIDIA_SHIM_CONFIG="$W/shim.toml" setsid containerd --config "$W/containerd.toml" >"$W/containerd.log" 2>&1 &

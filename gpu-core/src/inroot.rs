@@ -92,6 +92,22 @@ fn fstat(fd: &OwnedFd) -> std::io::Result<libc::stat> {
     Ok(st)
 }
 
+/// `lstat` of `name` in directory `d`: what the entry is, without opening or following it.
+fn lstat_at(d: &OwnedFd, name: &CString) -> Option<libc::stat> {
+    // SAFETY: stat is plain data.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid dirfd, name and buffer.
+    let r = unsafe {
+        libc::fstatat(
+            d.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    (r == 0).then_some(st)
+}
+
 /// An open container root.
 pub struct Root {
     fd: OwnedFd,
@@ -359,18 +375,8 @@ impl Root {
         let path = format!("{}/{name}", dir.trim_end_matches('/'));
         let d = self.dir(dir)?;
         let cname = cstr(name).map_err(|e| InRootError::io(&path, e))?;
-        // SAFETY: stat is plain data.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: valid dirfd, name and buffer; lstat semantics, nothing is opened.
-        let r = unsafe {
-            libc::fstatat(
-                d.as_raw_fd(),
-                cname.as_ptr(),
-                &mut st,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if r == 0 {
+        let existing = lstat_at(&d, &cname);
+        if let Some(st) = existing {
             match st.st_mode & libc::S_IFMT {
                 libc::S_IFDIR => {
                     return Err(InRootError::WrongType {
@@ -433,18 +439,8 @@ impl Root {
         let target = format!("{}/{name}", dir.trim_end_matches('/'));
         let d = self.dir(dir)?;
         let cname = cstr(name).map_err(|e| InRootError::io(&target, e))?;
-        // SAFETY: stat is plain data.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: valid dirfd, name and buffer; lstat semantics, nothing is opened.
-        let r = unsafe {
-            libc::fstatat(
-                d.as_raw_fd(),
-                cname.as_ptr(),
-                &mut st,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if r == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        let existing = lstat_at(&d, &cname);
+        if existing.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR) {
             return Err(InRootError::WrongType {
                 path: target,
                 kind: "a directory",
