@@ -258,6 +258,27 @@ if [ -f "$BUNDLE/debian-rootfs.tar.xz" ]; then
     else record 12 "Debian bookworm: nvidia-smi, Triton check, PTX JIT, ld -lcuda, after ldconfig too" FAIL "$(echo "$o" | oneline)"; fi
 fi
 
+# 13. A /usr/lib64 image (RHEL/UBI layout: glibc in /usr/lib64, /lib64 -> usr/lib64, no
+#     multiarch dir): the driver lands in /usr/lib64 under every name; Triton's check; CUDA.
+L64="$W/rootfs-lib64"
+mkdir -p "$L64"/{bin,sbin,etc,tmp,proc,sys,dev,run,root,usr/bin,usr/lib64}
+cp -a "$R"/bin/. "$L64/bin/"
+cp "$R/usr/bin/cudacheck" "$L64/usr/bin/"
+cp "$R/sbin/ldconfig" "$L64/sbin/"
+cp "$R/etc/passwd" "$L64/etc/"
+find "$R/lib" "$R/usr/lib" "$R/lib64" -type f -name '*.so*' -exec cp {} "$L64/usr/lib64/" \; 2>/dev/null
+ln -s usr/lib64 "$L64/lib64"
+echo /usr/lib64 >"$L64/etc/ld.so.conf"
+"$LDCONFIG" -r "$L64"
+pack_image "$L64" docker.io/library/gpu-acceptance:lib64 "$W/lib64.tar"
+"${CTR[@]}" images import --snapshotter "$SNAP" "$W/lib64.tar" >>"$LOG" 2>&1
+o=$(run --env NVIDIA_VISIBLE_DEVICES=all docker.io/library/gpu-acceptance:lib64 c13 sh -c 'd=$(ldconfig -p | grep "libcuda.so.1 " | sed "s/.*=> //" | xargs dirname); echo dir=$d;
+    [ -e $d/libcuda.so.1 ] && [ -e $d/libcuda.so ] && echo TRITON OK; ls /usr/lib/ 2>&1 | grep -c linux-gnu; nvidia-smi -L; cudacheck' 2>&1)
+echo "$o" >"$OUT/check13.txt"
+if echo "$o" | grep -q 'dir=/usr/lib64' && echo "$o" | grep -q 'TRITON OK' && echo "$o" | grep -q '^GPU ' && echo "$o" | grep -q 'CUDA PASS'; then
+    record 13 "/usr/lib64 image: names in /usr/lib64, Triton check, CUDA" PASS "$(echo "$o" | oneline)"
+else record 13 "/usr/lib64 image: names in /usr/lib64, Triton check, CUDA" FAIL "$(echo "$o" | oneline)"; fi
+
 # 14. Graphics in the Debian image: vulkaninfo lists the GPU, EGL's device platform finds NVIDIA.
 if [ -f "$BUNDLE/debian-rootfs.tar.xz" ]; then
     gpu_name=$("$HOST_SMI" --query-gpu=name --format=csv,noheader | head -1)
@@ -287,27 +308,6 @@ if [ -f "$BUNDLE/debian-rootfs.tar.xz" ]; then
         else record 15 "older /usr/local/cuda/compat in the image: host libcuda used" FAIL "$(echo "$o" | oneline)"; fi
     fi
 fi
-
-# 13. A /usr/lib64 image (RHEL/UBI layout: glibc in /usr/lib64, /lib64 -> usr/lib64, no
-#     multiarch dir): the driver lands in /usr/lib64 under every name; Triton's check; CUDA.
-L64="$W/rootfs-lib64"
-mkdir -p "$L64"/{bin,sbin,etc,tmp,proc,sys,dev,run,root,usr/bin,usr/lib64}
-cp -a "$R"/bin/. "$L64/bin/"
-cp "$R/usr/bin/cudacheck" "$L64/usr/bin/"
-cp "$R/sbin/ldconfig" "$L64/sbin/"
-cp "$R/etc/passwd" "$L64/etc/"
-find "$R/lib" "$R/usr/lib" "$R/lib64" -type f -name '*.so*' -exec cp {} "$L64/usr/lib64/" \; 2>/dev/null
-ln -s usr/lib64 "$L64/lib64"
-echo /usr/lib64 >"$L64/etc/ld.so.conf"
-"$LDCONFIG" -r "$L64"
-pack_image "$L64" docker.io/library/gpu-acceptance:lib64 "$W/lib64.tar"
-"${CTR[@]}" images import --snapshotter "$SNAP" "$W/lib64.tar" >>"$LOG" 2>&1
-o=$(run --env NVIDIA_VISIBLE_DEVICES=all docker.io/library/gpu-acceptance:lib64 c13 sh -c 'd=$(ldconfig -p | grep "libcuda.so.1 " | sed "s/.*=> //" | xargs dirname); echo dir=$d;
-    [ -e $d/libcuda.so.1 ] && [ -e $d/libcuda.so ] && echo TRITON OK; ls /usr/lib/ 2>&1 | grep -c linux-gnu; nvidia-smi -L; cudacheck' 2>&1)
-echo "$o" >"$OUT/check13.txt"
-if echo "$o" | grep -q 'dir=/usr/lib64' && echo "$o" | grep -q 'TRITON OK' && echo "$o" | grep -q '^GPU ' && echo "$o" | grep -q 'CUDA PASS'; then
-    record 13 "/usr/lib64 image: names in /usr/lib64, Triton check, CUDA" PASS "$(echo "$o" | oneline)"
-else record 13 "/usr/lib64 image: names in /usr/lib64, Triton check, CUDA" FAIL "$(echo "$o" | oneline)"; fi
 
 # 16. Kubernetes' path: a pod through CRI (containerd's CRI plugin, handler `nvidia` as the README
 #     configures it), one container by the device plugin's env route and one by its CDI route,
