@@ -553,8 +553,18 @@ mod tests {
             nix::sys::stat::makedev(1, 3),
         )
         .unwrap();
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let watch = Inotify::init(InitFlags::IN_NONBLOCK).unwrap();
+        watch
+            .add_watch(&root.join("etc/dev"), AddWatchFlags::IN_OPEN)
+            .unwrap();
         let e = r.read("/etc/dev", 100).unwrap_err().to_string();
         assert!(e.contains("is a character device"), "{e}");
+        // The kernel reports every real open of the node; an O_PATH lookup is not one.
+        assert!(watch.read_events().is_err(), "the device node was opened");
+        // The check itself is live: a real open is reported.
+        drop(std::fs::File::open(root.join("etc/dev")).unwrap());
+        assert_eq!(watch.read_events().unwrap().len(), 1);
 
         // A directory where a file is expected, for reading and for replacing.
         std::fs::create_dir(root.join("etc/ld.so.cache")).unwrap();

@@ -537,19 +537,23 @@ impl Drop for Containerd {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         let _ = self.stop_daemon();
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg("-l")
-            .arg(self.dir.path().join("state"))
-            .output();
-        let root = self.dir.path().join("root");
+        // Whatever a failed test left mounted under this daemon's dir (rootfs overlays, CRI
+        // sandbox shm), deepest first.
+        let ours = self
+            .dir
+            .path()
+            .to_str()
+            .unwrap_or("/nonexistent")
+            .to_string();
         if let Ok(m) = fs::read_to_string("/proc/self/mountinfo") {
-            for line in m.lines() {
-                if let Some(mp) = line.split(' ').nth(4) {
-                    if mp.starts_with(root.to_str().unwrap_or("/nonexistent")) {
-                        let _ = Command::new("umount").args(["-l", mp]).output();
-                    }
-                }
+            let mut points: Vec<&str> = m
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .filter(|mp| mp.starts_with(&ours))
+                .collect();
+            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+            for mp in points {
+                let _ = Command::new("umount").args(["-l", mp]).output();
             }
         }
     }

@@ -1,4 +1,4 @@
-# Shared by scripts/gpu-acceptance.sh and scripts/gpu/trace-exit.sh (sourced).
+# Sourced by scripts/gpu-acceptance.sh.
 
 # Writes a private containerd config for work dir $1 (root, state, sockets under it; CRI off)
 # to $1/containerd.toml and sets SOCK.

@@ -21,7 +21,7 @@ pub enum Outcome {
 }
 
 /// Runs the GPU stage on `spec`, whose root filesystem is mounted at `rootfs`.
-#[tracing::instrument(level = "debug", skip_all, fields(id = id))]
+#[tracing::instrument(name = "gpu", level = "debug", skip_all, fields(id = id))]
 pub async fn run(
     id: &str,
     cfg: ShimConfig,

@@ -236,6 +236,7 @@ impl Service {
         }
     }
 
+    #[tracing::instrument(name = "create", level = "debug", skip_all, fields(id = %req.id))]
     async fn do_create(
         &self,
         req: &api::CreateTaskRequest,
@@ -353,16 +354,10 @@ impl Service {
             no_new_keyring: settings.no_new_keyring,
         };
         let runc_io = std::mem::take(&mut pending.runc);
-        let started = std::time::Instant::now();
         if let Err(e) = runc.create(&req.id, &bundle, copts, runc_io).await {
             let _ = runc.delete(&req.id, true).await;
             return Err(cleanup(e.to_string()));
         }
-        tracing::debug!(
-            id = req.id.as_str(),
-            runc_create_us = started.elapsed().as_micros() as u64,
-            "runc create done"
-        );
         let pid = std::fs::read_to_string(&pid_file)
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok())
@@ -494,7 +489,6 @@ impl Task for Service {
         _: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        tracing::debug!(id = req.id.as_str(), "state request");
         let mut map = self.lock();
         let c = container_mut(&mut map, &req.id)?;
         let bundle = c.bundle.display().to_string();
@@ -593,7 +587,6 @@ impl Task for Service {
         _: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
-        tracing::debug!(id = req.id.as_str(), "delete request");
         let mut resp = api::DeleteResponse::new();
         if !req.exec_id.is_empty() {
             let mut p = {
@@ -646,7 +639,6 @@ impl Task for Service {
             (c.runc.clone(), c.init.status, c.init.exit.subscribe())
         };
         // A stopped container needs no --force (which first tries to kill what is left).
-        let t0 = std::time::Instant::now();
         let gone = |e: &crate::runc::RuncError| e.0.contains("not exist");
         let mut result = runc.delete(&req.id, status != Status::STOPPED).await;
         if matches!(&result, Err(e) if !gone(e)) && status == Status::STOPPED {
@@ -665,25 +657,16 @@ impl Task for Service {
             .lock()
             .remove(&req.id)
             .ok_or_else(|| not_found(format!("container {:?} not created", req.id)))?;
-        let runc_delete_us = t0.elapsed().as_micros() as u64;
         c.init.io.shutdown(Duration::from_secs(2)).await;
         for (_, mut p) in c.execs.drain() {
             p.io.shutdown(Duration::from_millis(100)).await;
         }
-        let io_us = t0.elapsed().as_micros() as u64 - runc_delete_us;
         if let Some(h) = c.oom.take() {
             h.abort();
         }
         if c.mounted_rootfs {
             unmount_rootfs(&c.bundle);
         }
-        tracing::debug!(
-            id = req.id.as_str(),
-            runc_delete_us,
-            io_us,
-            total_us = t0.elapsed().as_micros() as u64,
-            "delete done"
-        );
         let (code, at) = c.init.exit_info().unwrap_or_else(|| (137, now()));
         let mut ev = TaskDelete::new();
         ev.container_id = req.id.clone();
