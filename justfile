@@ -24,7 +24,7 @@ demo: setup build
 
 # The whole test suite: unit tests, then end-to-end tests under a real containerd and runc.
 test: setup build
-    cargo test --workspace --exclude integration
+    cargo test --workspace --exclude integration --features gpu-core/fixture
     cargo test -p integration -- --test-threads=1
 
 # fmt, clippy with warnings as errors.
@@ -42,4 +42,4 @@ gpu-acceptance:
 bench ITER="30": setup
     cargo build --release --workspace --bins
     NVIDIA_SHIM_BIN_DIR=target/release cargo run -q --release -p integration --bin bench -- {{ITER}}
-    cargo bench -p gpu-core --bench plan -- --noplot
+    cargo bench -p gpu-core --features fixture --bench plan -- --noplot

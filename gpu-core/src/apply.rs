@@ -5,10 +5,10 @@ use oci_spec::runtime::{
     LinuxResourcesBuilder, MountBuilder, Spec,
 };
 
+use crate::error::GpuError;
 use crate::inroot::{InRootError, Root};
 use crate::ldcache;
 use crate::plan::{CudaCompat, ImageLayout, Plan, CUDA_COMPAT_DIR};
-use crate::GpuError;
 
 /// Decides where the image keeps its libraries, as libnvidia-container does: Debian-family
 /// images use the multiarch dir, others `/usr/lib64` (or the multiarch dir when only it exists).

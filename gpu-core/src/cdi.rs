@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::error::GpuError;
 use crate::inventory::DeviceNode;
 use crate::plan::{BindMount, Plan};
-use crate::GpuError;
 
 /// CDI versions accepted.
 const VERSIONS: [&str; 11] = [

@@ -15,6 +15,8 @@ pub mod config;
 pub mod discover;
 pub mod echo;
 pub mod elf;
+pub mod error;
+#[cfg(any(test, feature = "fixture"))]
 pub mod fixture;
 pub mod hostfile;
 pub mod inroot;
@@ -31,22 +33,12 @@ use oci_spec::runtime::Spec;
 
 pub use config::ShimConfig;
 use discover::Discovery;
+pub use error::GpuError;
 pub use inventory::Inventory;
 pub use plan::Plan;
 
 /// Annotation CRI puts on every container it creates: `sandbox` or `container`.
 pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
-
-/// Why a GPU request was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum GpuError {
-    /// The request cannot be met on this host.
-    #[error("nvidia: {0}")]
-    Refused(String),
-    /// The host could not be read.
-    #[error("nvidia: discovering the driver: {0}")]
-    Discovery(String),
-}
 
 /// What was injected, for logs.
 #[derive(Clone, Debug, Default)]

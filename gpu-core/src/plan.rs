@@ -4,10 +4,11 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use crate::error::GpuError;
 use crate::inventory::{Capability, DeviceNode, Gpu, Inventory, MigDevice};
 use crate::ldcache::{self, Entry};
 use crate::request::{Devices, Request};
-use crate::{require, GpuError};
+use crate::require;
 
 /// Mount options of every injected file: read-only, no devices, no setuid.
 pub const RO_BIND: [&str; 5] = ["ro", "nosuid", "nodev", "rbind", "rprivate"];

@@ -7,8 +7,9 @@ use oci_spec::runtime::Spec;
 
 use crate::config::GpuConfig;
 use crate::echo::{clipped, quoted, ECHO_LIMIT};
+use crate::error::GpuError;
 use crate::inventory::Capability;
-use crate::{require, GpuError, CONTAINER_TYPE_ANNOTATION};
+use crate::{require, CONTAINER_TYPE_ANNOTATION};
 
 /// Directory under which the device plugin's `volume-mounts` strategy lists device ids.
 pub const DEVICE_LIST_DIR: &str = "/var/run/nvidia-container-devices";

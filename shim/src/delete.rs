@@ -2,13 +2,13 @@
 //! is tolerated; warnings go to stderr (containerd logs them), the DeleteResponse to stdout.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::{Message, MessageField};
 use gpu_core::ShimConfig;
 
 use crate::publisher::now;
+use crate::runc::RuncError;
 use crate::settings::Settings;
 
 /// Runs `delete` in `bundle`; returns the encoded DeleteResponse.
@@ -29,23 +29,9 @@ pub fn run(bundle: &Path, namespace: &str, id: &str) -> Vec<u8> {
             None,
         )
     });
-    let mut cmd = Command::new(&settings.runc_binary);
-    cmd.arg("--root").arg(&settings.runc_root);
-    if settings.systemd_cgroup {
-        cmd.arg("--systemd-cgroup");
-    }
-    cmd.args(["delete", "--force", id])
-        .stdin(Stdio::null())
-        .env_remove("NOTIFY_SOCKET");
-    match cmd.output() {
-        Ok(o) if !o.status.success() => {
-            let err = String::from_utf8_lossy(&o.stderr);
-            if !err.contains("does not exist") {
-                eprintln!("warning: runc delete --force {id}: {}", err.trim());
-            }
-        }
-        Err(e) => eprintln!("warning: running {}: {e}", settings.runc_binary),
-        Ok(_) => {}
+    match settings.runc(bundle).delete_now(id) {
+        Ok(()) | Err(RuncError::NotExist { .. }) => {}
+        Err(e) => eprintln!("warning: {e}"),
     }
     let rootfs = bundle.join("rootfs");
     if let Err(e) = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH) {

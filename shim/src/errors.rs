@@ -46,21 +46,43 @@ pub fn unimplemented(what: &str) -> ttrpc::Error {
     )
 }
 
-/// Maps a runc kill failure the way containerd's `checkKillError` does: a process that is already
-/// gone is NotFound, not a failure.
-pub fn kill_error(msg: &str) -> ttrpc::Error {
-    let lower = msg.to_ascii_lowercase();
-    let gone = [
-        "process already finished",
-        "container not running",
-        "no such process",
-        "does not exist",
-        "not found",
-    ];
-    if gone.iter().any(|g| lower.contains(g)) {
-        not_found(format!("process already finished: {msg}"))
+/// Why an RPC failed, by kind; [`From<ShimError> for ttrpc::Error`] is the one place kinds become
+/// the codes containerd reads.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    /// The request is malformed or cannot be met as asked (bad options or config, a GPU
+    /// request this host cannot serve).
+    #[error("{0}")]
+    Invalid(String),
+    /// gpu-core refused or failed.
+    #[error(transparent)]
+    Gpu(#[from] gpu_core::GpuError),
+    /// runc failed.
+    #[error(transparent)]
+    Runc(#[from] crate::runc::RuncError),
+    /// Anything else (the host, IO).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<ShimError> for ttrpc::Error {
+    fn from(e: ShimError) -> Self {
+        let code = match &e {
+            ShimError::Invalid(_) | ShimError::Gpu(_) => Code::INVALID_ARGUMENT,
+            ShimError::Runc(r) if r.is_gone() => Code::NOT_FOUND,
+            ShimError::Runc(_) | ShimError::Failed(_) => Code::UNKNOWN,
+        };
+        status(code, e)
+    }
+}
+
+/// Maps a kill failure the way containerd's `checkKillError` does: a process that is already gone
+/// is NotFound, not a failure.
+pub fn kill_error(e: crate::runc::RuncError) -> ttrpc::Error {
+    if e.is_gone() {
+        not_found(format!("process already finished: {e}"))
     } else {
-        unknown(msg)
+        unknown(e)
     }
 }
 
@@ -77,12 +99,11 @@ mod tests {
 
     #[test]
     fn kill_errors_map_like_containerd() {
-        assert_eq!(code(kill_error("container not running")), Code::NOT_FOUND);
-        assert_eq!(
-            code(kill_error("container \"x\" does not exist")),
-            Code::NOT_FOUND
-        );
-        assert_eq!(code(kill_error("permission denied")), Code::UNKNOWN);
+        use crate::runc::RuncError;
+        let k = |m: &str| kill_error(RuncError::classify("kill", m.into()));
+        assert_eq!(code(k("container not running")), Code::NOT_FOUND);
+        assert_eq!(code(k("container \"x\" does not exist")), Code::NOT_FOUND);
+        assert_eq!(code(k("permission denied")), Code::UNKNOWN);
         assert_eq!(code(unimplemented("Checkpoint")), Code::UNIMPLEMENTED);
     }
 
@@ -93,5 +114,28 @@ mod tests {
         };
         assert!(s.message.len() < MAX_MESSAGE + 32, "{}", s.message.len());
         assert!(s.message.ends_with("(5242880 bytes)"));
+    }
+
+    #[test]
+    fn error_kinds_map_to_one_code_each() {
+        use crate::runc::RuncError;
+        let c = |e: ShimError| code(e.into());
+        assert_eq!(
+            c(ShimError::Invalid("bad option".into())),
+            Code::INVALID_ARGUMENT
+        );
+        assert_eq!(
+            c(gpu_core::GpuError::Refused("unknown device".into()).into()),
+            Code::INVALID_ARGUMENT
+        );
+        assert_eq!(
+            c(RuncError::classify("delete", "container does not exist".into()).into()),
+            Code::NOT_FOUND
+        );
+        assert_eq!(
+            c(RuncError::classify("create", "exec format error".into()).into()),
+            Code::UNKNOWN
+        );
+        assert_eq!(c(ShimError::Failed("io".into())), Code::UNKNOWN);
     }
 }

@@ -9,7 +9,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gpu_core::{Injected, Injector, ShimConfig};
+use gpu_core::{GpuError, Injected, Injector, ShimConfig};
+
+use crate::errors::ShimError;
 use oci_spec::runtime::Spec;
 
 /// What the GPU stage did to a spec.
@@ -27,9 +29,9 @@ pub async fn run(
     cfg: ShimConfig,
     spec: Spec,
     rootfs: PathBuf,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, ShimError> {
     // Parsing the request is pure and bounded: containers without one never leave this thread.
-    if !gpu_core::request::needs_gpu_stage(&spec, &cfg.gpu).map_err(|e| e.to_string())? {
+    if !gpu_core::request::needs_gpu_stage(&spec, &cfg.gpu)? {
         return Ok(Outcome::Untouched(spec));
     }
     let limit = Duration::from_millis(cfg.gpu.prepare_timeout_ms);
@@ -39,13 +41,16 @@ pub async fn run(
         Ok::<_, gpu_core::GpuError>((spec, injected))
     });
     match tokio::time::timeout(limit, work).await {
-        Err(_) => Err(format!(
-            "nvidia: preparing the GPU edits took longer than {} ms (gpu.prepare_timeout_ms); \
+        Err(_) => Err(GpuError::Refused(format!(
+            "preparing the GPU edits took longer than {} ms (gpu.prepare_timeout_ms); \
              the container was not created",
             limit.as_millis()
-        )),
-        Ok(Err(join)) => Err(format!("nvidia: the GPU stage failed: {join}")),
-        Ok(Ok(Err(e))) => Err(e.to_string()),
+        ))
+        .into()),
+        Ok(Err(join)) => Err(ShimError::Failed(format!(
+            "nvidia: the GPU stage failed: {join}"
+        ))),
+        Ok(Ok(Err(e))) => Err(e.into()),
         Ok(Ok(Ok((spec, Some(done))))) => Ok(Outcome::Injected(spec, done)),
         Ok(Ok(Ok((spec, None)))) => Ok(Outcome::Untouched(spec)),
     }

@@ -25,10 +25,69 @@ pub struct Runc {
     pub log: PathBuf,
 }
 
-/// A runc failure with runc's own words.
+/// A runc failure, classified once here from runc's own words (its last log error or stderr) so
+/// callers match on the kind, never on the text.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct RuncError(pub String);
+pub enum RuncError {
+    /// runc does not know the container (never created, or already deleted).
+    #[error("runc {op}: {msg}")]
+    NotExist {
+        /// The runc command.
+        op: String,
+        /// runc's message.
+        msg: String,
+    },
+    /// The container's process is not running (already exited).
+    #[error("runc {op}: {msg}")]
+    NotRunning {
+        /// The runc command.
+        op: String,
+        /// runc's message.
+        msg: String,
+    },
+    /// Any other failure runc reported.
+    #[error("runc {op}: {msg}")]
+    Failed {
+        /// The runc command.
+        op: String,
+        /// runc's message.
+        msg: String,
+    },
+    /// runc could not be run, or its output not read.
+    #[error("{0}")]
+    Spawn(String),
+}
+
+impl RuncError {
+    /// Sorts runc's message for command `op` into a kind.
+    pub fn classify(op: &str, msg: String) -> Self {
+        let lower = msg.to_ascii_lowercase();
+        let op = op.to_string();
+        if lower.contains("does not exist") || lower.contains("not exist") {
+            RuncError::NotExist { op, msg }
+        } else if [
+            "not running",
+            "process already finished",
+            "no such process",
+            "container not running",
+        ]
+        .iter()
+        .any(|g| lower.contains(g))
+        {
+            RuncError::NotRunning { op, msg }
+        } else {
+            RuncError::Failed { op, msg }
+        }
+    }
+
+    /// Whether the container or its process is already gone.
+    pub fn is_gone(&self) -> bool {
+        matches!(
+            self,
+            RuncError::NotExist { .. } | RuncError::NotRunning { .. }
+        )
+    }
+}
 
 /// The stdio runc (and through it the container process) gets.
 #[derive(Default)]
@@ -132,11 +191,11 @@ impl Runc {
             None
         };
         let (child, exit) = reaper::spawn(&mut cmd)
-            .map_err(|e| RuncError(format!("running {}: {e}", self.binary)))?;
+            .map_err(|e| RuncError::Spawn(format!("running {}: {e}", self.binary)))?;
         drop(cmd);
         if let (Some(w), Some(data)) = (stdin_w, input) {
             let mut w = tokio::net::unix::pipe::Sender::from_owned_fd(w)
-                .map_err(|e| RuncError(format!("runc stdin: {e}")))?;
+                .map_err(|e| RuncError::Spawn(format!("runc stdin: {e}")))?;
             use tokio::io::AsyncWriteExt;
             let _ = w.write_all(&data).await;
         }
@@ -151,12 +210,31 @@ impl Runc {
                         .filter(|s| !s.is_empty())
                 })
                 .unwrap_or_else(|| format!("exit status {code}"));
-            return Err(RuncError(format!(
-                "runc {}: {msg}",
-                args.first().copied().unwrap_or("")
-            )));
+            return Err(RuncError::classify(
+                args.first().copied().unwrap_or(""),
+                msg,
+            ));
         }
         Ok(stdout)
+    }
+
+    /// `runc delete --force`, blocking: for the `delete` action, which runs without a runtime or
+    /// reaper after the shim that owned the container died.
+    pub fn delete_now(&self, id: &str) -> Result<(), RuncError> {
+        let from = self.log_len();
+        let out = self
+            .command()
+            .args(["delete", "--force", id])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| RuncError::Spawn(format!("running {}: {e}", self.binary)))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let msg = self
+            .last_error(from)
+            .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_string());
+        Err(RuncError::classify("delete", msg))
     }
 
     /// `runc create`.
@@ -264,8 +342,8 @@ impl Runc {
         let out = self
             .run(&["ps", "--format", "json", id], None, None)
             .await?;
-        let pids: Option<Vec<u32>> =
-            serde_json::from_slice(&out).map_err(|e| RuncError(format!("runc ps output: {e}")))?;
+        let pids: Option<Vec<u32>> = serde_json::from_slice(&out)
+            .map_err(|e| RuncError::Spawn(format!("runc ps output: {e}")))?;
         Ok(pids.unwrap_or_default())
     }
 
@@ -276,7 +354,8 @@ impl Runc {
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), RuncError> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| RuncError(format!("pipe: {e}")))
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| RuncError::Spawn(format!("pipe: {e}")))
 }
 
 async fn read_all(fd: Option<OwnedFd>) -> Vec<u8> {

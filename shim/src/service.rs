@@ -28,7 +28,9 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::cgroup::Cgroup;
-use crate::errors::{exists, invalid, kill_error, not_found, precondition, unimplemented, unknown};
+use crate::errors::{
+    exists, invalid, kill_error, not_found, precondition, unimplemented, unknown, ShimError,
+};
 use crate::io::{self, ProcessIo, StdioUris};
 use crate::publisher::{now, Publisher};
 use crate::reaper::Exit;
@@ -240,16 +242,17 @@ impl Service {
     async fn do_create(
         &self,
         req: &api::CreateTaskRequest,
-    ) -> Result<api::CreateTaskResponse, String> {
+    ) -> Result<api::CreateTaskResponse, ShimError> {
         let bundle = PathBuf::from(&req.bundle);
         let opts = match req.options.as_ref() {
-            Some(a) => ShimOptions::decode(&a.type_url, &a.value).map_err(|e| e.to_string())?,
+            Some(a) => ShimOptions::decode(&a.type_url, &a.value)
+                .map_err(|e| ShimError::Invalid(e.to_string()))?,
             None => ShimOptions::None,
         };
-        let (cfg, source) = load_config(&opts).map_err(|e| e.to_string())?;
+        let (cfg, source) = load_config(&opts).map_err(|e| ShimError::Invalid(e.to_string()))?;
         let spec_path = bundle.join("config.json");
         let spec = oci_spec::runtime::Spec::load(&spec_path)
-            .map_err(|e| format!("reading {}: {e}", spec_path.display()))?;
+            .map_err(|e| ShimError::Invalid(format!("reading {}: {e}", spec_path.display())))?;
         let cgroups_path = spec
             .linux()
             .as_ref()
@@ -264,14 +267,14 @@ impl Service {
         );
         settings
             .persist(&bundle)
-            .map_err(|e| format!("persisting settings: {e}"))?;
+            .map_err(|e| ShimError::Failed(format!("persisting settings: {e}")))?;
         let runc = settings.runc(&bundle);
 
         let mut mounted = false;
         if !req.rootfs.is_empty() {
             let rootfs = rootfs_of(&bundle);
             std::fs::create_dir_all(&rootfs)
-                .map_err(|e| format!("creating {}: {e}", rootfs.display()))?;
+                .map_err(|e| ShimError::Failed(format!("creating {}: {e}", rootfs.display())))?;
             let _ = std::fs::set_permissions(
                 &rootfs,
                 std::os::unix::fs::PermissionsExt::from_mode(0o711),
@@ -285,15 +288,18 @@ impl Service {
                     &rootfs,
                 ) {
                     unmount_rootfs(&bundle);
-                    return Err(format!("mounting rootfs ({} {}): {e}", m.type_, m.source));
+                    return Err(ShimError::Failed(format!(
+                        "mounting rootfs ({} {}): {e}",
+                        m.type_, m.source
+                    )));
                 }
             }
         }
-        let cleanup = |msg: String| {
+        let cleanup = |e: ShimError| {
             if mounted {
                 unmount_rootfs(&bundle);
             }
-            msg
+            e
         };
 
         let root_path = spec
@@ -310,9 +316,9 @@ impl Service {
             Ok(crate::gpu_stage::Outcome::Untouched(spec)) => spec,
             Ok(crate::gpu_stage::Outcome::Injected(spec, done)) => {
                 let data = serde_json::to_vec(&spec)
-                    .map_err(|e| cleanup(format!("encoding spec: {e}")))?;
+                    .map_err(|e| cleanup(ShimError::Failed(format!("encoding spec: {e}"))))?;
                 write_atomic(&spec_path, &data)
-                    .map_err(|e| cleanup(format!("writing spec: {e}")))?;
+                    .map_err(|e| cleanup(ShimError::Failed(format!("writing spec: {e}"))))?;
                 for w in &done.warnings {
                     tracing::warn!(id = req.id.as_str(), "gpu: {w}");
                 }
@@ -344,7 +350,7 @@ impl Service {
             settings.io_uid,
             settings.io_gid,
         )
-        .map_err(|e| cleanup(format!("setting up IO: {e}")))?;
+        .map_err(|e| cleanup(ShimError::Failed(format!("setting up IO: {e}"))))?;
         let pid_file = bundle.join("init.pid");
         let console = pending.console_socket.clone();
         let copts = CreateOpts {
@@ -356,7 +362,7 @@ impl Service {
         let runc_io = std::mem::take(&mut pending.runc);
         if let Err(e) = runc.create(&req.id, &bundle, copts, runc_io).await {
             let _ = runc.delete(&req.id, true).await;
-            return Err(cleanup(e.to_string()));
+            return Err(cleanup(e.into()));
         }
         let pid = std::fs::read_to_string(&pid_file)
             .ok()
@@ -366,7 +372,7 @@ impl Service {
             Ok(io) => io,
             Err(e) => {
                 let _ = runc.delete(&req.id, true).await;
-                return Err(cleanup(format!("setting up IO: {e}")));
+                return Err(cleanup(ShimError::Failed(format!("setting up IO: {e}"))));
             }
         };
         let cgroup = crate::cgroup::of_pid(pid);
@@ -530,13 +536,9 @@ impl Task for Service {
             tracing::error!(
                 id = req.id.as_str(),
                 "create failed: {}",
-                gpu_core::echo::clipped(&e, crate::errors::MAX_MESSAGE)
+                gpu_core::echo::clipped(&e.to_string(), crate::errors::MAX_MESSAGE)
             );
-            if e.starts_with("nvidia:") || e.contains("options") || e.starts_with("config") {
-                invalid(e)
-            } else {
-                unknown(e)
-            }
+            e.into()
         })
     }
 
@@ -639,7 +641,8 @@ impl Task for Service {
             (c.runc.clone(), c.init.status, c.init.exit.subscribe())
         };
         // A stopped container needs no --force (which first tries to kill what is left).
-        let gone = |e: &crate::runc::RuncError| e.0.contains("not exist");
+        let gone =
+            |e: &crate::runc::RuncError| matches!(e, crate::runc::RuncError::NotExist { .. });
         let mut result = runc.delete(&req.id, status != Status::STOPPED).await;
         if matches!(&result, Err(e) if !gone(e)) && status == Status::STOPPED {
             result = runc.delete(&req.id, true).await;
@@ -764,7 +767,7 @@ impl Task for Service {
             let runc = self.runc_of(&req.id)?;
             runc.kill(&req.id, req.signal, req.all)
                 .await
-                .map_err(|e| kill_error(&e.0))?;
+                .map_err(kill_error)?;
             return Ok(api::Empty::new());
         }
         let pid = {
@@ -791,7 +794,7 @@ impl Task for Service {
         // SAFETY: kill(2) on the pid of a live exec we have not reaped yet.
         if unsafe { libc::kill(pid, req.signal as i32) } != 0 {
             let e = std::io::Error::last_os_error();
-            return Err(kill_error(&format!("no such process: {e}")));
+            return Err(not_found(format!("process already finished: {e}")));
         }
         Ok(api::Empty::new())
     }

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::config::DriverConfig;
+use crate::error::GpuError;
 use crate::inventory::{GpuSource, Inventory};
-use crate::GpuError;
 
 /// Bumped whenever [`Inventory`]'s shape changes, so stale cache files are ignored.
 const CACHE_FORMAT: u32 = 3;
