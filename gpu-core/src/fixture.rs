@@ -376,6 +376,37 @@ impl FakeHost {
         Ok(file)
     }
 
+    /// Writes a CDI spec (kind `bench.example/lib`, device `many`) mounting `n` distinct driver
+    /// libraries (tiny ELFs, each with its own soname) into the multiarch dir; returns the
+    /// device's qualified name. For measuring how Create scales with
+    /// the number of libraries.
+    pub fn write_many_libs_cdi(&self, n: usize) -> io::Result<String> {
+        let libs = self.dir.join("bench-libs");
+        std::fs::create_dir_all(&libs)?;
+        let triple = format!("{}-linux-gnu", std::env::consts::ARCH);
+        let mut mounts = String::new();
+        for i in 0..n {
+            let name = format!("libbench{i}.so.1");
+            let f = libs.join(&name);
+            if !f.exists() {
+                build_lib(&f, &name, "bench")?;
+            }
+            mounts.push_str(&format!(
+                "        - hostPath: {}\n          containerPath: /usr/lib/{triple}/libbench{i}.so.1\n          options: [ro, nosuid, nodev, rbind, rprivate]\n",
+                f.display()
+            ));
+        }
+        let cdi = self.dir.join("cdi");
+        std::fs::create_dir_all(&cdi)?;
+        std::fs::write(
+            cdi.join("bench.yaml"),
+            format!(
+                "cdiVersion: 0.6.0\nkind: bench.example/lib\ndevices:\n  - name: many\n    containerEdits:\n      mounts:\n{mounts}"
+            ),
+        )?;
+        Ok("bench.example/lib=many".into())
+    }
+
     /// A shim config pointing at this host (cache and CDI dirs inside `dir`).
     pub fn config(&self) -> ShimConfig {
         let mut c = ShimConfig {

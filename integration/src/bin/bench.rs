@@ -1,8 +1,14 @@
 //! `just bench`: containerd-shim-nvidia-v2 against containerd's Go runc shim under one private
-//! containerd, interleaved. Start latency (median `ctr run --rm … true`) without GPU, with a GPU
-//! request on a simulated driver host, and shim RSS with 1 and 10 running containers of one pod.
+//! containerd, side by side in one run. Prints Markdown tables:
+//! - start latency (median `ctr run --rm … true`, interleaved): Go, ours, ours with one GPU and
+//!   with all GPUs of a simulated 8-GPU host;
+//! - per-pod memory: N pods (one shim and one container each), each shim's RSS, PSS and USS from
+//!   `smaps_rollup`, ours and Go's, with the sums;
+//! - scaling: GPU start latency with 1, 8 and 64 GPUs and with 10 and 200 driver libraries; exec
+//!   latency in a pod shim holding 1, 10 and 100 containers; 50 concurrent starts (p50/p99,
+//!   failures), ours with a GPU against Go without.
 //!
-//! Usage: bench [ITERATIONS] (default 30). Prints a Markdown table.
+//! Usage: bench [ITERATIONS] [PODS] (defaults 30 and 50).
 
 use std::time::{Duration, Instant};
 
@@ -13,14 +19,17 @@ use integration::{processes_matching, Containerd, IMAGE};
 const GO_RUNTIME: &str = "io.containerd.runc.v2";
 const OUR_RUNTIME: &str = "io.containerd.nvidia.v2";
 
-fn median(v: &mut [f64]) -> f64 {
+fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    if v.is_empty() {
+        return 0.0;
     }
+    let rank = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+    v[rank.min(v.len() - 1)]
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    percentile(v, 50.0)
 }
 
 fn timed_run(c: &Containerd, runtime: &str, extra: &[&str], id: &str) -> Result<f64> {
@@ -39,13 +48,101 @@ fn timed_run(c: &Containerd, runtime: &str, extra: &[&str], id: &str) -> Result<
     Ok(ms)
 }
 
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+/// One line of `/proc/PID/smaps_rollup` in KiB.
+fn rollup(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// (RSS, PSS, USS) of a process in KiB.
+fn memory(pid: i32) -> (u64, u64, u64) {
+    let t = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let uss = rollup(&t, "Private_Clean:") + rollup(&t, "Private_Dirty:");
+    (rollup(&t, "Rss:"), rollup(&t, "Pss:"), uss)
+}
+
+fn shim_bin(runtime: &str) -> &'static str {
+    if runtime == GO_RUNTIME {
+        "containerd-shim-runc-v2"
+    } else {
+        integration::SHIM_BIN
+    }
+}
+
+fn shims_of(c: &Containerd, runtime: &str) -> Vec<i32> {
+    let bin = shim_bin(runtime);
+    let address = c.address().display().to_string();
+    processes_matching(|argv| {
+        argv.first().is_some_and(|a| a.ends_with(bin)) && argv.iter().any(|a| a == &address)
+    })
+}
+
+/// Starts detached `sleep` containers; `pod` groups them into one shim when given.
+fn start_sleepers(
+    c: &Containerd,
+    runtime: &str,
+    ids: &[String],
+    pod: Option<&str>,
+    extra: &[&str],
+) -> Result<()> {
+    for (i, id) in ids.iter().enumerate() {
+        let own = format!("io.kubernetes.cri.sandbox-id=pod-{id}");
+        let ann = pod.map(str::to_string).unwrap_or(own);
+        let mut args = vec!["run", "-d", "--runtime", runtime, "--annotation", &ann];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[IMAGE, id, "sleep", "600"]);
+        let out = c.ctr(&args)?;
+        if !out.status.success() {
+            bail!("{runtime} #{i}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    Ok(())
+}
+
+fn remove_all(c: &Containerd, ids: &[String]) -> Result<()> {
+    for id in ids {
+        c.ctr(&["task", "kill", "-s", "SIGKILL", id])?;
+    }
+    for id in ids {
+        integration::wait_until(Duration::from_secs(30), "task exit", || {
+            Ok(c.ctr(&["task", "delete", id])?.status.success())
+        })?;
+        c.ctr(&["containers", "rm", id])?;
+    }
+    Ok(())
+}
+
+struct PodMemory {
+    shims: usize,
+    rss: Vec<f64>,
+    pss: Vec<f64>,
+    uss: Vec<f64>,
+    threads: u64,
+}
+
+/// `n` pods of one container each with `runtime`: every shim's memory.
+fn pod_memory(c: &Containerd, runtime: &str, tag: &str, n: usize) -> Result<PodMemory> {
+    let ids: Vec<String> = (0..n).map(|i| format!("mem-{tag}-{i}")).collect();
+    start_sleepers(c, runtime, &ids, None, &[])?;
+    let pids = shims_of(c, runtime);
+    let mut m = PodMemory {
+        shims: pids.len(),
+        rss: Vec::new(),
+        pss: Vec::new(),
+        uss: Vec::new(),
+        threads: 0,
+    };
+    for pid in &pids {
+        let (rss, pss, uss) = memory(*pid);
+        m.rss.push(rss as f64);
+        m.pss.push(pss as f64);
+        m.uss.push(uss as f64);
+        m.threads = m.threads.max(threads(*pid));
+    }
+    remove_all(c, &ids)?;
+    Ok(m)
 }
 
 fn threads(pid: i32) -> u64 {
@@ -57,113 +154,250 @@ fn threads(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Starts `n` containers of one pod with `runtime`; returns (RSS KiB, threads) of its shim.
-fn pod_rss(c: &mut Containerd, runtime: &str, tag: &str, n: usize) -> Result<(u64, u64)> {
-    let pod = format!("io.kubernetes.cri.sandbox-id=bench-{tag}");
-    let ids: Vec<String> = (0..n).map(|i| format!("rss-{tag}-{i}")).collect();
-    for id in &ids {
+/// Median start latency of a GPU container on a fake host of `gpus` GPUs: all of them by env, or,
+/// with `libs`, a CDI device mounting that many driver libraries.
+fn gpu_start(c: &Containerd, gpus: usize, libs: Option<usize>, iterations: usize) -> Result<f64> {
+    let dir = tempfile::Builder::new()
+        .prefix("nvbench-")
+        .tempdir_in("/tmp")?;
+    let host = FakeHost::build(dir.path(), Layout::Gke, gpus)?;
+    let cfg = host.write_config()?;
+    let mut extra = vec!["--runtime-config-path".to_string(), cfg];
+    match libs {
+        Some(n) => {
+            let name = host.write_many_libs_cdi(n)?;
+            extra.extend(["--annotation".into(), format!("cdi.k8s.io/bench={name}")]);
+        }
+        None => extra.extend(["--env".into(), "NVIDIA_VISIBLE_DEVICES=all".into()]),
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    timed_run(c, OUR_RUNTIME, &extra, "warm-scale")?;
+    let mut v = Vec::new();
+    for i in 0..iterations {
+        v.push(timed_run(c, OUR_RUNTIME, &extra, &format!("scale-{i}"))?);
+    }
+    Ok(median(&mut v))
+}
+
+/// Median `ctr task exec … true` latency into a pod of `n` containers.
+fn exec_latency(c: &Containerd, runtime: &str, n: usize, iterations: usize) -> Result<f64> {
+    let tag = if runtime == GO_RUNTIME { "go" } else { "our" };
+    let ids: Vec<String> = (0..n).map(|i| format!("ex-{tag}-{n}-{i}")).collect();
+    let pod = format!("io.kubernetes.cri.sandbox-id=exec-{tag}-{n}");
+    start_sleepers(c, runtime, &ids, Some(&pod), &[])?;
+    let mut v = Vec::new();
+    for i in 0..iterations {
+        let t = Instant::now();
         let out = c.ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            runtime,
-            "--annotation",
-            &pod,
-            IMAGE,
-            id,
-            "sleep",
-            "600",
+            "task",
+            "exec",
+            "--exec-id",
+            &format!("e{i}"),
+            &ids[0],
+            "true",
         ])?;
+        v.push(t.elapsed().as_secs_f64() * 1000.0);
         if !out.status.success() {
-            bail!("{runtime}: {}", String::from_utf8_lossy(&out.stderr));
+            bail!("exec: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
-    let bin = if runtime == GO_RUNTIME {
-        "containerd-shim-runc-v2"
-    } else {
-        "containerd-shim-nvidia-v2"
-    };
-    let address = c.address().display().to_string();
-    let pids = processes_matching(|argv| {
-        argv.first().is_some_and(|a| a.ends_with(bin)) && argv.iter().any(|a| a == &address)
+    remove_all(c, &ids)?;
+    Ok(median(&mut v))
+}
+
+/// `n` concurrent `ctr run --rm`: (p50, p99, failures).
+fn concurrent(c: &Containerd, runtime: &str, extra: &[&str], n: usize) -> (f64, f64, usize) {
+    let tag = if runtime == GO_RUNTIME { "go" } else { "our" };
+    let results: Vec<Result<f64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| s.spawn(move || timed_run(c, runtime, extra, &format!("cc-{tag}-{i}"))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")))
+            })
+            .collect()
     });
-    if pids.len() != 1 {
-        bail!("{runtime}: expected one shim for the pod, found {pids:?}");
-    }
-    let r = (rss_kib(pids[0]), threads(pids[0]));
-    for id in &ids {
-        c.ctr(&["task", "kill", "-s", "SIGKILL", id])?;
-    }
-    for id in &ids {
-        integration::wait_until(Duration::from_secs(20), "task exit", || {
-            Ok(c.ctr(&["task", "delete", id])?.status.success())
-        })?;
-        c.ctr(&["containers", "rm", id])?;
-    }
-    Ok(r)
+    let failures = results.iter().filter(|r| r.is_err()).count();
+    let mut ok: Vec<f64> = results.into_iter().filter_map(Result::ok).collect();
+    (
+        percentile(&mut ok, 50.0),
+        percentile(&mut ok, 99.0),
+        failures,
+    )
+}
+
+fn sum(v: &[f64]) -> f64 {
+    v.iter().sum()
 }
 
 fn main() -> Result<()> {
-    let iterations: usize = std::env::args()
-        .nth(1)
+    let mut args = std::env::args().skip(1);
+    let iterations: usize = args
+        .next()
         .map(|s| s.parse())
         .transpose()
         .context("ITERATIONS must be a number")?
         .unwrap_or(30);
-    let mut c = Containerd::start()?;
+    let pods: usize = args
+        .next()
+        .map(|s| s.parse())
+        .transpose()
+        .context("PODS must be a number")?
+        .unwrap_or(50);
+    let c = Containerd::start()?;
     let host_dir = tempfile::Builder::new()
         .prefix("nvbench-")
         .tempdir_in("/tmp")?;
     let host = FakeHost::build(host_dir.path(), Layout::Gke, 8)?;
     let cfg = host.write_config()?;
-    let gpu = [
+    let all = [
         "--runtime-config-path",
-        cfg.as_str(),
+        &cfg,
         "--env",
         "NVIDIA_VISIBLE_DEVICES=all",
     ];
+    let one = [
+        "--runtime-config-path",
+        &cfg,
+        "--env",
+        "NVIDIA_VISIBLE_DEVICES=0",
+    ];
 
-    // Warm up caches (page cache, the inventory cache) once per variant.
+    // Start latency, interleaved, after one warm-up each (page cache, the inventory cache).
     timed_run(&c, GO_RUNTIME, &[], "warm-a")?;
     timed_run(&c, OUR_RUNTIME, &[], "warm-b")?;
-    timed_run(&c, OUR_RUNTIME, &gpu, "warm-c")?;
-    let (mut a, mut b, mut g) = (Vec::new(), Vec::new(), Vec::new());
+    timed_run(&c, OUR_RUNTIME, &one, "warm-c")?;
+    timed_run(&c, OUR_RUNTIME, &all, "warm-d")?;
+    let (mut a, mut b, mut g1, mut ga) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..iterations {
         a.push(timed_run(&c, GO_RUNTIME, &[], &format!("a{i}"))?);
         b.push(timed_run(&c, OUR_RUNTIME, &[], &format!("b{i}"))?);
-        g.push(timed_run(&c, OUR_RUNTIME, &gpu, &format!("c{i}"))?);
+        g1.push(timed_run(&c, OUR_RUNTIME, &one, &format!("c{i}"))?);
+        ga.push(timed_run(&c, OUR_RUNTIME, &all, &format!("d{i}"))?);
     }
-    let (ma, mb, mg) = (median(&mut a), median(&mut b), median(&mut g));
+    let (ma, mb, m1, mall) = (
+        median(&mut a),
+        median(&mut b),
+        median(&mut g1),
+        median(&mut ga),
+    );
 
-    let (go1, go1t) = pod_rss(&mut c, GO_RUNTIME, "go1", 1)?;
-    let (our1, our1t) = pod_rss(&mut c, OUR_RUNTIME, "our1", 1)?;
-    let (go10, go10t) = pod_rss(&mut c, GO_RUNTIME, "go10", 10)?;
-    let (our10, our10t) = pod_rss(&mut c, OUR_RUNTIME, "our10", 10)?;
+    let go = pod_memory(&c, GO_RUNTIME, "go", pods)?;
+    let ours = pod_memory(&c, OUR_RUNTIME, "our", pods)?;
+
+    let scale_iter = iterations.min(10);
+    let by_gpus: Vec<(usize, f64)> = [1, 8, 64]
+        .iter()
+        .map(|&n| gpu_start(&c, n, None, scale_iter).map(|ms| (n, ms)))
+        .collect::<Result<_>>()?;
+    let by_libs: Vec<(usize, f64)> = [10, 200]
+        .iter()
+        .map(|&n| gpu_start(&c, 1, Some(n), scale_iter).map(|ms| (n, ms)))
+        .collect::<Result<_>>()?;
+    let mut by_pod = Vec::new();
+    for n in [1, 10, 100] {
+        by_pod.push((
+            n,
+            exec_latency(&c, GO_RUNTIME, n, scale_iter)?,
+            exec_latency(&c, OUR_RUNTIME, n, scale_iter)?,
+        ));
+    }
+    let conc_go = concurrent(&c, GO_RUNTIME, &[], 50);
+    let conc_our = concurrent(&c, OUR_RUNTIME, &all, 50);
 
     let shim = integration::bin_dir().join(integration::SHIM_BIN);
+    let size = std::fs::metadata(&shim).map(|m| m.len()).unwrap_or(0);
     println!("## Benchmark: containerd-shim-nvidia-v2 vs containerd-shim-runc-v2 (Go)");
     println!();
     println!(
-        "containerd 1.6 (private), runc, busybox image; {iterations} interleaved iterations; shim binary {}",
-        shim.display()
+        "containerd 1.6 (private), runc, busybox image; {iterations} interleaved iterations; shim binary {} ({} KiB)",
+        shim.display(),
+        size / 1024
     );
     println!();
-    println!("| start latency, median `ctr run --rm … true` | ms | vs Go shim |");
-    println!("|---|---|---|");
-    println!("| (a) Go runc shim, no GPU | {ma:.1} | 1.000 |");
-    println!("| (b) our shim, no GPU | {mb:.1} | {:.3} |", mb / ma);
     println!(
-        "| (c) our shim, `NVIDIA_VISIBLE_DEVICES=all`, simulated 8-GPU driver host | {mg:.1} | {:.3} |",
-        mg / ma
+        "| start latency, median `ctr run --rm … true` | ms | vs Go shim | vs ours without GPU |"
+    );
+    println!("|---|---|---|---|");
+    println!("| (a) Go runc shim, no GPU | {ma:.1} | 1.000 | |");
+    println!(
+        "| (b) our shim, no GPU | {mb:.1} | {:.3} | 1.000 |",
+        mb / ma
+    );
+    println!(
+        "| (c) our shim, `NVIDIA_VISIBLE_DEVICES=0`, simulated 8-GPU host | {m1:.1} | {:.3} | {:.3} |",
+        m1 / ma,
+        m1 / mb
+    );
+    println!(
+        "| (d) our shim, `NVIDIA_VISIBLE_DEVICES=all`, simulated 8-GPU host | {mall:.1} | {:.3} | {:.3} |",
+        mall / ma,
+        mall / mb
     );
     println!();
-    println!("| shim memory | Go runc shim | our shim |");
-    println!("|---|---|---|");
     println!(
-        "| RSS, 1 running container | {go1} KiB ({go1t} threads) | {our1} KiB ({our1t} threads) |"
+        "Per-pod memory: {pods} pods, one container and one shim each (Go: {} shims, ours: {} shims), KiB:",
+        go.shims, ours.shims
+    );
+    println!();
+    println!("| per shim | Go RSS | Go PSS | Go USS | our RSS | our PSS | our USS |");
+    println!("|---|---|---|---|---|---|---|");
+    let (mut g, mut o) = (go, ours);
+    println!(
+        "| median | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+        median(&mut g.rss),
+        median(&mut g.pss),
+        median(&mut g.uss),
+        median(&mut o.rss),
+        median(&mut o.pss),
+        median(&mut o.uss)
     );
     println!(
-        "| RSS, 10 running containers of one pod | {go10} KiB ({go10t} threads) | {our10} KiB ({our10t} threads) |"
+        "| sum over all shims | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+        sum(&g.rss),
+        sum(&g.pss),
+        sum(&g.uss),
+        sum(&o.rss),
+        sum(&o.pss),
+        sum(&o.uss)
+    );
+    println!();
+    println!(
+        "Summed PSS, ours / Go: {:.2}; threads per shim: Go {}, ours {}.",
+        sum(&o.pss) / sum(&g.pss).max(1.0),
+        g.threads,
+        o.threads
+    );
+    println!();
+    println!("Scaling ({scale_iter} iterations each, median ms):");
+    println!();
+    println!("| GPU start, fake host | ms |");
+    println!("|---|---|");
+    for (n, ms) in &by_gpus {
+        println!("| {n} GPUs, `all` | {ms:.1} |");
+    }
+    for (n, ms) in &by_libs {
+        println!("| {n} driver libraries (CDI) | {ms:.1} |");
+    }
+    println!();
+    println!("| exec into a pod shim holding | Go ms | our ms |");
+    println!("|---|---|---|");
+    for (n, go_ms, our_ms) in &by_pod {
+        println!("| {n} containers | {go_ms:.1} | {our_ms:.1} |");
+    }
+    println!();
+    println!("| 50 concurrent `ctr run --rm` | p50 ms | p99 ms | failures |");
+    println!("|---|---|---|---|");
+    println!(
+        "| Go runc shim, no GPU | {:.1} | {:.1} | {} |",
+        conc_go.0, conc_go.1, conc_go.2
+    );
+    println!(
+        "| our shim, `NVIDIA_VISIBLE_DEVICES=all` | {:.1} | {:.1} | {} |",
+        conc_our.0, conc_our.1, conc_our.2
     );
     c.assert_clean()?;
     Ok(())
