@@ -334,16 +334,46 @@ ma=$(median "$W/a"); mb=$(median "$W/b"); mc=$(median "$W/c")
 ratio=$(awk -v c="$mc" -v a="$ma" 'BEGIN {printf "%.3f", c/a}')
 ratio_b=$(awk -v b="$mb" -v a="$ma" 'BEGIN {printf "%.3f", b/a}')
 
-# Shim memory: one running container each.
-rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-"${CTR[@]}" run -d --snapshotter "$SNAP" --runtime io.containerd.runc.v2 "$IMG" ma sleep 60 >/dev/null 2>&1
-"${CTR[@]}" run -d --snapshotter "$SNAP" --runtime io.containerd.nvidia.v2 --env NVIDIA_VISIBLE_DEVICES=all "$IMG" mb sleep 60 >/dev/null 2>&1
-sleep 1
-go_rss=$(rss "$(pgrep -f "containerd-shim-runc-v2 .*-id ma" | head -1)")
-our_rss=$(rss "$(pgrep -f "containerd-shim-nvidia-v2 .*-id mb" | head -1)")
-for c in ma mb; do "${CTR[@]}" task kill -s SIGKILL $c >/dev/null 2>&1; done
-sleep 0.5
-for c in ma mb; do "${CTR[@]}" task delete $c >/dev/null 2>&1; "${CTR[@]}" containers rm $c >/dev/null 2>&1; done
+# --- per-pod memory: PODS pods of one container and one shim each, ours (GPU) and Go's (plain) --
+PODS=${PODS:-50}
+pods_memory() { # runtime tag [extra ctr args] → "rss pss uss" sums over the shims, KiB
+    local runtime=$1 tag=$2 bin
+    shift 2
+    for i in $(seq "$PODS"); do
+        "${CTR[@]}" run -d --snapshotter "$SNAP" --runtime "$runtime" "$@" \
+            --annotation "io.kubernetes.cri.sandbox-id=$tag$i" "$IMG" "$tag$i" sleep 600 >/dev/null 2>&1
+    done
+    if [ "$runtime" = io.containerd.runc.v2 ]; then bin=containerd-shim-runc-v2; else bin=containerd-shim-nvidia-v2; fi
+    for p in $(pgrep -f "$bin .*-address $SOCK"); do
+        awk '/^Rss:/ {r=$2} /^Pss:/ {p=$2} /^Private_(Clean|Dirty):/ {u+=$2} END {print r, p, u}' "/proc/$p/smaps_rollup"
+    done >"$W/mem-$tag"
+    for i in $(seq "$PODS"); do "${CTR[@]}" task kill -s SIGKILL "$tag$i" >/dev/null 2>&1; done
+    for i in $(seq "$PODS"); do
+        for _ in $(seq 50); do "${CTR[@]}" task delete "$tag$i" >/dev/null 2>&1 && break; sleep 0.1; done
+        "${CTR[@]}" containers rm "$tag$i" >/dev/null 2>&1
+    done
+    awk '{r+=$1; p+=$2; u+=$3; n++} END {printf "%d %d %d %d", n, r, p, u}' "$W/mem-$tag"
+}
+read -r go_n go_rss go_pss go_uss <<<"$(pods_memory io.containerd.runc.v2 mgo)"
+read -r our_n our_rss our_pss our_uss <<<"$(pods_memory io.containerd.nvidia.v2 mour --env NVIDIA_VISIBLE_DEVICES=all)"
+
+# --- where a GPU start's time goes: the shim's spans (containerd at debug level) ---------------
+pkill -f "containerd --config $W/containerd.toml"
+for _ in $(seq 50); do pgrep -f "containerd --config $W/containerd.toml" >/dev/null || break; sleep 0.1; done
+NVIDIA_SHIM_CONFIG="$W/shim.toml" setsid containerd --log-level debug --config "$W/containerd.toml" >"$W/containerd-debug.log" 2>&1 &
+wait_containerd
+for i in $(seq 10); do
+    run "$IMG" sb$i true >/dev/null 2>&1
+    run --env NVIDIA_VISIBLE_DEVICES=all "$IMG" sc$i true >/dev/null 2>&1
+done
+span_median() { # span name, container id prefix
+    grep -E "msg=\"$1\" .*id=$2[0-9]+ " "$W/containerd-debug.log" |
+        grep -oE 'duration_us=[0-9]+' | cut -d= -f2 | sort -n | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "?")}'
+}
+# A runc span names its command (op) and its last argument (the container id for create).
+runc_create() { grep -E "msg=\"runc\" .*op=create arg=$1[0-9]+ " "$W/containerd-debug.log" | grep -oE 'duration_us=[0-9]+' | cut -d= -f2 | sort -n | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "?")}'; }
+span_b_create=$(span_median create sb); span_c_create=$(span_median create sc); span_c_gpu=$(span_median gpu sc)
+span_b_runc=$(runc_create sb); span_c_runc=$(runc_create sc)
 
 # --- report ------------------------------------------------------------------------------------
 gpu_model=$("$HOST_SMI" --query-gpu=name --format=csv,noheader | sort | uniq -c | oneline)
@@ -370,9 +400,18 @@ driver=$("$HOST_SMI" --query-gpu=driver_version --format=csv,noheader | head -1)
     echo "| (b) containerd-shim-nvidia-v2, no GPU | $((mb / 1000)).$(printf %03d $((mb % 1000))) | $ratio_b |"
     echo "| (c) containerd-shim-nvidia-v2, NVIDIA_VISIBLE_DEVICES=all | $((mc / 1000)).$(printf %03d $((mc % 1000))) | $ratio |"
     echo
-    echo "Target (c)/(a) ≤ 1.03: $(awk -v r="$ratio" 'BEGIN {print (r <= 1.03) ? "met" : "NOT met"}') ($ratio)."
+    echo "Target (c)/(a) ≤ 1.03: $(awk -v r="$ratio" 'BEGIN {print (r <= 1.03) ? "met" : "NOT met"}') ($ratio). GPU overhead (c)/(b): $(awk -v c="$mc" -v b="$mb" 'BEGIN {printf "%.3f", c/b}') (goal ≤ 1.02)."
     echo
-    echo "Shim RSS with one running container: Go runc shim ${go_rss:-?} KiB, ours (GPU container) ${our_rss:-?} KiB."
+    echo "Where a start's time goes inside the shim (median of 10, µs, from its debug spans): Create without GPU ${span_b_create} (of which runc create ${span_b_runc}); Create with \`all\` ${span_c_create} (GPU stage ${span_c_gpu}, runc create ${span_c_runc})."
+    echo
+    echo "## Per-pod memory: $PODS pods, one container and one shim each (KiB, summed over the shims)"
+    echo
+    echo "| shims | count | RSS | PSS | USS | PSS per shim |"
+    echo "|---|---|---|---|---|---|"
+    echo "| containerd-shim-runc-v2 (Go), no GPU | $go_n | $go_rss | $go_pss | $go_uss | $((go_pss / (go_n > 0 ? go_n : 1))) |"
+    echo "| containerd-shim-nvidia-v2, NVIDIA_VISIBLE_DEVICES=all | $our_n | $our_rss | $our_pss | $our_uss | $((our_pss / (our_n > 0 ? our_n : 1))) |"
+    echo
+    echo "Summed PSS, ours / Go: $(awk -v o="$our_pss" -v g="$go_pss" 'BEGIN {printf "%.2f", (g > 0 ? o / g : 0)}') (goal ≤ 0.25); one shim's RSS: $((our_rss / (our_n > 0 ? our_n : 1))) KiB (goal ≤ 4096)."
 } >"$REPORT"
 cat "$REPORT"
 pkill -f "containerd --config $W/containerd.toml"

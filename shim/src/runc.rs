@@ -155,7 +155,7 @@ impl Runc {
 
     /// Runs runc with `args`; returns stdout. `io` replaces the default null/piped stdio; `input`
     /// is written to stdin.
-    #[tracing::instrument(name = "runc", level = "debug", skip_all, fields(op = args.first().copied().unwrap_or_default()))]
+    #[tracing::instrument(name = "runc", level = "debug", skip_all, fields(op = args.first().copied().unwrap_or_default(), arg = args.last().copied().unwrap_or_default()))]
     async fn run(
         &self,
         args: &[&str],
