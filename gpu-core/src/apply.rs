@@ -12,6 +12,7 @@ use crate::plan::{CudaCompat, ImageLayout, Plan, CUDA_COMPAT_DIR};
 
 /// Decides where the image keeps its libraries, as libnvidia-container does: Debian-family
 /// images use the multiarch dir, others `/usr/lib64` (or the multiarch dir when only it exists).
+#[tracing::instrument(level = "debug", skip_all)]
 pub fn image_layout(root: &Root) -> ImageLayout {
     let triple = format!("{}-linux-gnu", std::env::consts::ARCH);
     let multiarch = format!("/usr/lib/{triple}");
@@ -64,6 +65,7 @@ fn build_err(e: impl std::fmt::Display) -> GpuError {
 }
 
 /// Applies the plan's device nodes, cgroup rules, mounts, masked paths and env to `spec`.
+#[tracing::instrument(level = "debug", skip_all)]
 pub fn apply_to_spec(plan: &Plan, spec: &mut Spec) -> Result<(), GpuError> {
     let mut linux = spec
         .linux()
@@ -165,6 +167,7 @@ const CACHE_LIMIT: u64 = 16 << 20;
 /// the injected libraries) and the reason comes back as a warning. A read-only root gets no
 /// cache at all, also with a warning: the libraries are still bound into the image's library
 /// dir. A symlinked `/etc` or a directory at `/etc/ld.so.cache` is refused.
+#[tracing::instrument(level = "debug", skip_all)]
 pub fn write_ld_cache(plan: &Plan, root: &Root) -> Result<Vec<String>, GpuError> {
     let mut warnings = Vec::new();
     if plan.ld_entries.is_empty() {
@@ -213,19 +216,36 @@ fn cache_error(e: InRootError) -> GpuError {
 /// refusing symlinks on the way. A link that cannot be made (a read-only root, a symlinked or
 /// missing library directory, a directory in the way) is skipped with a warning: the library is
 /// still bound under its own name and listed in the loader cache.
+#[tracing::instrument(level = "debug", skip_all)]
 pub fn write_links(plan: &Plan, root: &Root) -> Vec<String> {
+    let read_only =
+        || "the root filesystem is read-only: no soname or development-name links were created";
     let mut warnings = Vec::new();
-    for l in &plan.links {
-        match root.symlink_atomic(&l.dir, &l.name, &l.target) {
-            Ok(()) => {}
+    // One walk to each directory, however many links go into it.
+    let mut dirs: Vec<&str> = plan.links.iter().map(|l| l.dir.as_str()).collect();
+    dirs.sort_unstable();
+    dirs.dedup();
+    for dir in dirs {
+        let d = match root.link_dir(dir) {
+            Ok(d) => d,
             Err(InRootError::ReadOnly) => {
-                warnings.push(
-                    "the root filesystem is read-only: no soname or development-name links were created"
-                        .into(),
-                );
+                warnings.push(read_only().into());
                 break;
             }
-            Err(e) => warnings.push(format!("link {}/{} not created: {e}", l.dir, l.name)),
+            Err(e) => {
+                warnings.push(format!("links in {dir} not created: {e}"));
+                continue;
+            }
+        };
+        for l in plan.links.iter().filter(|l| l.dir == dir) {
+            match d.symlink(&l.name, &l.target) {
+                Ok(()) => {}
+                Err(InRootError::ReadOnly) => {
+                    warnings.push(read_only().into());
+                    return warnings;
+                }
+                Err(e) => warnings.push(format!("link {}/{} not created: {e}", l.dir, l.name)),
+            }
         }
     }
     warnings

@@ -367,17 +367,46 @@ impl Root {
         Ok(cur)
     }
 
-    /// Makes `dir/name` a symlink to `target` (temp link + rename in the same directory), creating
-    /// `dir` as needed. Neither `dir` nor any of its parents may be a symlink. Whatever entry was at
-    /// `name` (the image's own file of that name, say) is replaced in this root without being
-    /// opened; a directory there is refused.
+    /// Makes `dir/name` a symlink to `target`; see [`LinkDir::symlink`].
     pub fn symlink_atomic(&self, dir: &str, name: &str, target: &str) -> Result<(), InRootError> {
-        let path = format!("{}/{name}", dir.trim_end_matches('/'));
-        let d = self.dir(dir)?;
+        self.link_dir(dir)?.symlink(name, target)
+    }
+
+    /// Opens (creating as needed) directory `dir` for making links in it: the walk to it, which
+    /// refuses symlinks, is done once for all the links of that directory.
+    pub fn link_dir(&self, dir: &str) -> Result<LinkDir, InRootError> {
+        Ok(LinkDir {
+            fd: self.dir(dir)?,
+            path: dir.trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+/// A directory inside a container's root, reached without following any symlink.
+pub struct LinkDir {
+    fd: OwnedFd,
+    path: String,
+}
+
+impl LinkDir {
+    /// Makes `name` a symlink to `target`. Whatever entry was there (the image's own file of that
+    /// name, say) is replaced in this root by a temp link renamed over it, without being opened;
+    /// a directory there is refused; a link already pointing at `target` is left alone.
+    pub fn symlink(&self, name: &str, target: &str) -> Result<(), InRootError> {
+        let path = format!("{}/{name}", self.path);
+        let d = &self.fd;
         let cname = cstr(name).map_err(|e| InRootError::io(&path, e))?;
-        let existing = lstat_at(&d, &cname);
-        if let Some(st) = existing {
-            match st.st_mode & libc::S_IFMT {
+        let ctarget = cstr(target).map_err(|e| InRootError::io(&path, e))?;
+        match lstat_at(d, &cname) {
+            None => {
+                // Nothing there: one syscall, which fails rather than follow or replace anything.
+                // SAFETY: valid names and dirfd.
+                if unsafe { libc::symlinkat(ctarget.as_ptr(), d.as_raw_fd(), cname.as_ptr()) } == 0
+                {
+                    return Ok(());
+                }
+            }
+            Some(st) => match st.st_mode & libc::S_IFMT {
                 libc::S_IFDIR => {
                     return Err(InRootError::WrongType {
                         path,
@@ -385,13 +414,12 @@ impl Root {
                         want: "file or symlink",
                     })
                 }
-                libc::S_IFLNK if self.link_target(&d, &cname) == Some(target.to_string()) => {
+                libc::S_IFLNK if link_target(d, &cname) == Some(target.to_string()) => {
                     return Ok(());
                 }
                 _ => {}
-            }
+            },
         }
-        let ctarget = cstr(target).map_err(|e| InRootError::io(&path, e))?;
         let tmp = cstr(&format!(".{name}.nvidia-shim.{}", std::process::id()))
             .map_err(|e| InRootError::io(&path, e))?;
         // SAFETY: valid names and dirfd; symlinkat never follows anything.
@@ -409,22 +437,27 @@ impl Root {
         }
         Ok(())
     }
+}
 
-    fn link_target(&self, d: &OwnedFd, name: &CString) -> Option<String> {
-        let mut buf = [0u8; 4096];
-        // SAFETY: valid dirfd, name and buffer of the given length.
-        let n = unsafe {
-            libc::readlinkat(
-                d.as_raw_fd(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        let n = usize::try_from(n).ok()?;
-        String::from_utf8(buf.get(..n)?.to_vec()).ok()
-    }
+impl Root {}
 
+/// Where the symlink `name` in directory `d` points.
+fn link_target(d: &OwnedFd, name: &CString) -> Option<String> {
+    let mut buf = [0u8; 4096];
+    // SAFETY: valid dirfd, name and buffer of the given length.
+    let n = unsafe {
+        libc::readlinkat(
+            d.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let n = usize::try_from(n).ok()?;
+    String::from_utf8(buf.get(..n)?.to_vec()).ok()
+}
+
+impl Root {
     /// Writes `data` to `dir/name` atomically (temp file + rename in the same directory). Neither
     /// the directory path nor the temp file may be a symlink; the final rename replaces whatever
     /// entry was there (a symlink, FIFO or device node included) without opening or following

@@ -111,6 +111,7 @@ impl Injector {
         self.plan_request(&req, layout).map(Some)
     }
 
+    #[tracing::instrument(name = "plan", level = "debug", skip_all)]
     fn plan_request(
         &self,
         req: &request::Request,

@@ -79,6 +79,7 @@ impl Host {
 }
 
 impl Discovery for Host {
+    #[tracing::instrument(name = "inventory", level = "debug", skip_all)]
     fn inventory(&self) -> Result<Arc<Inventory>, GpuError> {
         let version = driver_version(&self.cfg.proc_root)?;
         let state = host_state(&self.cfg.proc_root, &version);
