@@ -31,7 +31,7 @@ pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(format!("/proc/self/fd/{}", p.as_raw_fd()))?;
     let mut out = Vec::with_capacity(meta.size() as usize);
-    f.take(limit + 1).read_to_end(&mut out)?;
+    f.take(limit.saturating_add(1)).read_to_end(&mut out)?;
     if out.len() as u64 > limit {
         return Err(std::io::Error::other(format!(
             "over the {limit}-byte limit"

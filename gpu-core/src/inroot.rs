@@ -300,7 +300,7 @@ impl Root {
             .map_err(|e| InRootError::io(&name, e))?;
         let mut out = Vec::with_capacity(size as usize);
         // The file may grow after the fstat; never read past the bound.
-        f.take(limit + 1)
+        f.take(limit.saturating_add(1))
             .read_to_end(&mut out)
             .map_err(|e| InRootError::io(&name, e))?;
         if out.len() as u64 > limit {

@@ -87,7 +87,18 @@ impl Injector {
                 ))
             })
             .collect();
-        let p = plan::plan_for_mounted_libraries(&mounts, &*self.discovery.inventory()?);
+        // This container asked the shim for nothing (a privileged one may list every host device):
+        // a host the shim cannot read is a warning here, not a failed Create.
+        let inventory = match self.discovery.inventory() {
+            Ok(inv) => inv,
+            Err(e) => {
+                return Ok(Injected {
+                    summary: "NVIDIA devices in the spec; driver libraries left as they are".into(),
+                    warnings: vec![e.to_string()],
+                })
+            }
+        };
+        let p = plan::plan_for_mounted_libraries(&mounts, &inventory);
         let root = inroot::Root::open(rootfs)
             .map_err(|e| GpuError::Refused(format!("opening rootfs {}: {e}", rootfs.display())))?;
         let mut warnings = apply::write_links(&p, &root);

@@ -1002,3 +1002,27 @@ fn cuda_forward_compat_newer_is_picked_older_ignored_opt_out_honoured() {
     e.injector.prepare(&mut s, &out).unwrap().unwrap();
     assert_eq!(cache_of(&out, "libcuda.so.1"), host_libcuda);
 }
+
+#[test]
+fn devices_injected_by_someone_else_never_fail_a_create() {
+    // A privileged container lists every host device; it asked the shim for nothing, so even a
+    // driver root the shim cannot read must not fail its Create.
+    let e = env_with(Layout::Gke, 1, |c| {
+        c.driver.proc_root = "/nonexistent".into()
+    });
+    let _ = &e.host;
+    let t = tempfile::tempdir().unwrap();
+    let mut s = spec(&[], &[], true);
+    let mut v = serde_json::to_value(&s).unwrap();
+    v["linux"]["devices"] =
+        serde_json::json!([{"path": "/dev/nvidia0", "type": "c", "major": 195, "minor": 0}]);
+    s = serde_json::from_value(v).unwrap();
+    let before = serde_json::to_string(&s).unwrap();
+    let done = e.injector.prepare(&mut s, t.path()).unwrap().unwrap();
+    assert!(!done.warnings.is_empty(), "{}", done.summary);
+    assert_eq!(
+        serde_json::to_string(&s).unwrap(),
+        before,
+        "nothing was added"
+    );
+}
