@@ -46,6 +46,13 @@ cache_dir = "$W/cache"
 [gpu]
 cdi_spec_dirs = ["$W/cdi"]
 EOF
+# crun as the delegate: the same config plus [runc] binary. DELEGATE=crun runs every check with it.
+cp "$W/shim.toml" "$W/shim-crun.toml"
+printf '[runc]\nbinary = "%s"\n' "$W/bin/crun" >>"$W/shim-crun.toml"
+DELEGATE=${DELEGATE:-runc}
+[ "$DELEGATE" = crun ] && cp "$W/shim-crun.toml" "$W/shim.toml"
+CRUN_OK=0
+if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] && "$W/bin/crun" --version >/dev/null 2>&1; then CRUN_OK=1; fi
 # containerd passes its environment to shims: the shim finds its config through it.
 NVIDIA_SHIM_CONFIG="$W/shim.toml" setsid containerd --config "$W/containerd.toml" >"$W/containerd.log" 2>&1 &
 CTR=(ctr --address "$SOCK" --namespace "$NS")
@@ -163,7 +170,7 @@ sleep 1
 left_tasks=$("${CTR[@]}" task ls -q | oneline)
 left_shims=$(pgrep -f "containerd-shim-nvidia-v2 .*-address $SOCK" | oneline)
 left_mounts=$(grep -c "$W/state" /proc/self/mountinfo)
-left_runc=$(runc --root /run/containerd/runc/$NS list -q 2>/dev/null | oneline)
+left_runc=$(ls /run/containerd/runc/$NS 2>/dev/null | oneline)
 if [ $rc != 0 ] && echo "$o" | grep -q 'cuda>=99.0' && [ -z "$left_tasks$left_shims$left_runc" ] && [ "$left_mounts" = 0 ]; then
     record 5 "NVIDIA_REQUIRE_CUDA=cuda>=99.0" PASS "refused: $(echo "$o" | grep -o 'nvidia: .*' | oneline); no task, shim, runc state or mount left"
 else record 5 "NVIDIA_REQUIRE_CUDA=cuda>=99.0" FAIL "rc=$rc out=$(echo "$o" | oneline) tasks=$left_tasks shims=$left_shims mounts=$left_mounts runc=$left_runc"; fi
@@ -321,16 +328,34 @@ if echo "$o" | grep -q '^CRI PASS'; then
     record 16 "CRI pod (handler nvidia): env and CDI routes run nvidia-smi and CUDA" PASS "$(echo "$o" | oneline)"
 else record 16 "CRI pod (handler nvidia): env and CDI routes run nvidia-smi and CUDA" FAIL "$(echo "$o" | tail -5 | oneline)"; fi
 
+# 17. The shim's lifecycle scenarios (integration/tests/shim.rs, containerd 1.6) with crun as the
+#     delegate: run --rm exit codes and output, detached + exec (tty through the console socket),
+#     ps, kill, delete, pause/resume, metrics, Update, OOM events, pods sharing a shim, a killed
+#     shim, a containerd restart, task API v3, a bad config — nothing left behind after each.
+if [ $CRUN_OK = 1 ] && [ "$DELEGATE" = runc ]; then
+    o=$(cd "$W" && PATH="$W/bin:$PATH" NVIDIA_SHIM_BIN_DIR="$W/bin" NVIDIA_SHIM_BUSYBOX="$W/bin/busybox" \
+        NVIDIA_SHIM_CONFIG="$W/shim-crun.toml" timeout 400 "$W/bin/shim-tests" containerd_1_6:: --test-threads=1 2>&1)
+    echo "$o" >"$OUT/check17.txt"
+    if echo "$o" | grep -q '^test result: ok'; then
+        record 17 "lifecycle scenarios with crun as the delegate" PASS "$(echo "$o" | grep -cE '^test .* ok$') scenarios: $(echo "$o" | grep -E '^test .* ok$' | sed 's/^test containerd_1_6::\([a-z_0-9]*\) .*/\1/' | oneline)"
+    else record 17 "lifecycle scenarios with crun as the delegate" FAIL "$(echo "$o" | grep -E 'FAILED|Error' | head -6 | oneline)"; fi
+fi
+
 # --- latency -----------------------------------------------------------------------------------
 ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1; e=$(date +%s%N); echo $(((e - s) / 1000)); }
-: >"$W/a"; : >"$W/b"; : >"$W/c"
+: >"$W/a"; : >"$W/b"; : >"$W/c"; : >"$W/d"; : >"$W/e"
+crun_cfg=(--runtime-config-path "$W/shim-crun.toml")
 for i in $(seq "$ITER"); do
     ms "${CTR[@]}" run --rm --snapshotter "$SNAP" --runtime io.containerd.runc.v2 "$IMG" la$i true >>"$W/a"
     ms run "$IMG" lb$i true >>"$W/b"
     ms run --env NVIDIA_VISIBLE_DEVICES=all "$IMG" lc$i true >>"$W/c"
+    if [ $CRUN_OK = 1 ] && [ "$DELEGATE" = runc ]; then
+        ms run "${crun_cfg[@]}" "$IMG" ld$i true >>"$W/d"
+        ms run "${crun_cfg[@]}" --env NVIDIA_VISIBLE_DEVICES=all "$IMG" le$i true >>"$W/e"
+    fi
 done
 median() { sort -n "$1" | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print int((a[NR/2]+a[NR/2+1])/2)}'; }
-ma=$(median "$W/a"); mb=$(median "$W/b"); mc=$(median "$W/c")
+ma=$(median "$W/a"); mb=$(median "$W/b"); mc=$(median "$W/c"); md=$(median "$W/d"); me=$(median "$W/e")
 ratio=$(awk -v c="$mc" -v a="$ma" 'BEGIN {printf "%.3f", c/a}')
 ratio_b=$(awk -v b="$mb" -v a="$ma" 'BEGIN {printf "%.3f", b/a}')
 
@@ -388,6 +413,7 @@ driver=$("$HOST_SMI" --query-gpu=driver_version --format=csv,noheader | head -1)
     echo "- Driver: $driver (root \`$DRIVER_ROOT\`), CUDA compiler: $("$NVCC" --version | grep -o 'release [0-9.]*')"
     echo "- Host: $(. /etc/os-release && echo "$PRETTY_NAME"), kernel $(uname -r), cgroup $(stat -fc %T /sys/fs/cgroup)"
     echo "- containerd $("${CTR[@]}" version | awk '/Version/ {print $2; exit}'), runc $(runc --version | awk 'NR==1 {print $3}'), snapshotter $SNAP"
+    echo "- Delegate under the checks: $DELEGATE ($("$W/bin/$DELEGATE" --version 2>/dev/null | head -1 || true))"
     echo "- Result: $((${#RESULTS[@]} - FAILS))/${#RESULTS[@]} checks pass"
     echo
     echo "| # | check | result | what it saw |"
@@ -401,6 +427,10 @@ driver=$("$HOST_SMI" --query-gpu=driver_version --format=csv,noheader | head -1)
     echo "| (a) containerd-shim-runc-v2 (Go), no GPU | $((ma / 1000)).$(printf %03d $((ma % 1000))) | 1.000 |"
     echo "| (b) containerd-shim-nvidia-v2, no GPU | $((mb / 1000)).$(printf %03d $((mb % 1000))) | $ratio_b |"
     echo "| (c) containerd-shim-nvidia-v2, NVIDIA_VISIBLE_DEVICES=all | $((mc / 1000)).$(printf %03d $((mc % 1000))) | $ratio |"
+    if [ -n "$md" ] && [ -n "$me" ]; then
+        echo "| (d) containerd-shim-nvidia-v2 + crun, no GPU | $((md / 1000)).$(printf %03d $((md % 1000))) | $(awk -v x="$md" -v a="$ma" 'BEGIN {printf "%.3f", x/a}') |"
+        echo "| (e) containerd-shim-nvidia-v2 + crun, NVIDIA_VISIBLE_DEVICES=all | $((me / 1000)).$(printf %03d $((me % 1000))) | $(awk -v x="$me" -v a="$ma" 'BEGIN {printf "%.3f", x/a}') |"
+    fi
     echo
     echo "Target (c)/(a) ≤ 1.03: $(awk -v r="$ratio" 'BEGIN {print (r <= 1.03) ? "met" : "NOT met"}') ($ratio). GPU overhead (c)/(b): $(awk -v c="$mc" -v b="$mb" 'BEGIN {printf "%.3f", c/b}') (goal ≤ 1.02)."
     echo

@@ -11,9 +11,18 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$out" "$work/debs" "$work/x" "$work/bin"
 cargo build --release -p containerd-shim-nvidia-v2 --bins
 cargo build --release -p integration --bin gpu-cri
-(cd "$work/debs" && apt-get download -q containerd runc busybox-static >/dev/null)
+(cd "$work/debs" && apt-get download -q containerd runc busybox-static crun libyajl2 >/dev/null)
 for d in "$work"/debs/*.deb; do dpkg -x "$d" "$work/x"; done
 cp "$work"/x/usr/bin/{containerd,ctr,containerd-shim-runc-v2} "$work/x/usr/sbin/runc" "$work/x/bin/busybox" "$work/bin/"
+# crun (the optional faster delegate) with its one library beside it, found through its RPATH.
+command -v patchelf >/dev/null || apt-get install -y -qq patchelf >/dev/null
+mkdir -p "$work/bin/lib"
+cp "$work"/x/usr/bin/crun "$work/bin/"
+cp -L "$work"/x/usr/lib/*-linux-gnu/libyajl.so.2 "$work/bin/lib/"
+patchelf --set-rpath '$ORIGIN/lib' "$work/bin/crun"
+# The shim's lifecycle tests, run on the GPU host with crun as the delegate.
+cargo test --release -p integration --test shim --no-run 2>&1 | grep -oE 'target/release/deps/shim-[0-9a-f]+' | head -1 |
+    xargs -I{} cp {} "$work/bin/shim-tests"
 cp target/release/{containerd-shim-nvidia-v2,nvidia-shim,gpu-cri} "$work/bin/"
 # The CRI check's pod sandbox program, static: a GPU host need not have a static libc.
 printf '#include <signal.h>\n#include <unistd.h>\nstatic void bye(int s){(void)s;_exit(0);}\nint main(void){signal(SIGINT,bye);signal(SIGTERM,bye);for(;;)pause();}\n' >"$work/pause.c"

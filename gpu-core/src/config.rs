@@ -318,6 +318,21 @@ mod tests {
     }
 
     #[test]
+    fn shipped_crun_handler_files_parse() {
+        let cfg = ShimConfig::parse(
+            include_str!("../../deploy/nvidia-shim-crun.toml"),
+            "deploy/nvidia-shim-crun.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.runc.binary, "crun");
+        let snippet: toml::Value =
+            toml::from_str(include_str!("../../deploy/containerd-crun.toml")).unwrap();
+        let rt = &snippet["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+            ["nvidia-crun"];
+        assert_eq!(rt["runtime_type"].as_str(), Some("io.containerd.nvidia.v2"));
+    }
+
+    #[test]
     fn shipped_example_config_parses_and_spells_out_the_defaults() {
         let text = include_str!("../../deploy/nvidia-shim.toml");
         let cfg = ShimConfig::parse(text, "deploy/nvidia-shim.toml").unwrap();

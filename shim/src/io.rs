@@ -421,7 +421,7 @@ impl PendingIo {
                 .map_err(|_| {
                     std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
-                        "runc did not send the console",
+                        "the OCI runtime did not send the console",
                     )
                 })??;
             let stream = stream.into_std()?;

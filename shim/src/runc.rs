@@ -30,25 +30,25 @@ pub struct Runc {
 #[derive(Debug, thiserror::Error)]
 pub enum RuncError {
     /// runc does not know the container (never created, or already deleted).
-    #[error("runc {op}: {msg}")]
+    #[error("{op}: {msg}")]
     NotExist {
-        /// The runc command.
+        /// The delegate and its command, e.g. `crun create`.
         op: String,
         /// runc's message.
         msg: String,
     },
     /// The container's process is not running (already exited).
-    #[error("runc {op}: {msg}")]
+    #[error("{op}: {msg}")]
     NotRunning {
-        /// The runc command.
+        /// The delegate and its command, e.g. `crun create`.
         op: String,
         /// runc's message.
         msg: String,
     },
     /// Any other failure runc reported.
-    #[error("runc {op}: {msg}")]
+    #[error("{op}: {msg}")]
     Failed {
-        /// The runc command.
+        /// The delegate and its command, e.g. `crun create`.
         op: String,
         /// runc's message.
         msg: String,
@@ -117,6 +117,14 @@ fn to_stdio(fd: Option<OwnedFd>) -> Stdio {
 }
 
 impl Runc {
+    /// The delegate's name for messages: `runc`, `crun`, … (the binary's file name).
+    pub fn name(&self) -> &str {
+        std::path::Path::new(&self.binary)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(&self.binary)
+    }
+
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--root")
@@ -195,7 +203,7 @@ impl Runc {
         drop(cmd);
         if let (Some(w), Some(data)) = (stdin_w, input) {
             let mut w = tokio::net::unix::pipe::Sender::from_owned_fd(w)
-                .map_err(|e| RuncError::Spawn(format!("runc stdin: {e}")))?;
+                .map_err(|e| RuncError::Spawn(format!("{} stdin: {e}", self.name())))?;
             use tokio::io::AsyncWriteExt;
             let _ = w.write_all(&data).await;
         }
@@ -211,7 +219,7 @@ impl Runc {
                 })
                 .unwrap_or_else(|| format!("exit status {code}"));
             return Err(RuncError::classify(
-                args.first().copied().unwrap_or(""),
+                &format!("{} {}", self.name(), args.first().copied().unwrap_or("")),
                 msg,
             ));
         }
@@ -234,7 +242,7 @@ impl Runc {
         let msg = self
             .last_error(from)
             .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_string());
-        Err(RuncError::classify("delete", msg))
+        Err(RuncError::classify(&format!("{} delete", self.name()), msg))
     }
 
     /// `runc create`.
@@ -328,13 +336,16 @@ impl Runc {
 
     /// `runc update --resources -` with JSON `LinuxResources`.
     pub async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<(), RuncError> {
-        self.run(
-            &["update", "--resources", "-", id],
-            None,
-            Some(resources_json),
-        )
-        .await
-        .map(drop)
+        // A file, not stdin: runc and crun both read `--resources FILE`, not both read `-`.
+        let file = self.log.with_file_name("update-resources.json");
+        std::fs::write(&file, &resources_json)
+            .map_err(|e| RuncError::Spawn(format!("writing {}: {e}", file.display())))?;
+        let path = file.display().to_string();
+        let res = self
+            .run(&["update", "--resources", &path, id], None, None)
+            .await;
+        let _ = std::fs::remove_file(&file);
+        res.map(drop)
     }
 
     /// `runc ps --format json`; runc prints `null` for an empty list.
@@ -343,7 +354,7 @@ impl Runc {
             .run(&["ps", "--format", "json", id], None, None)
             .await?;
         let pids: Option<Vec<u32>> = serde_json::from_slice(&out)
-            .map_err(|e| RuncError::Spawn(format!("runc ps output: {e}")))?;
+            .map_err(|e| RuncError::Spawn(format!("{} ps output: {e}", self.name())))?;
         Ok(pids.unwrap_or_default())
     }
 

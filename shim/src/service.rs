@@ -649,7 +649,7 @@ impl Task for Service {
         }
         if let Err(e) = result {
             if !gone(&e) {
-                tracing::warn!(id = req.id.as_str(), "runc delete: {e}");
+                tracing::warn!(id = req.id.as_str(), "{e}");
             }
         }
         if status == Status::CREATED {

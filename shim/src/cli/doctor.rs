@@ -29,6 +29,52 @@ fn char_link(dev_root: &Path, n: &DeviceNode) -> (PathBuf, PathBuf) {
     (link, target)
 }
 
+/// Whether `/sys/fs/cgroup` is the unified hierarchy alone (cgroup v2), not v1 or hybrid.
+fn cgroup_v2_only() -> bool {
+    nix::sys::statfs::statfs("/sys/fs/cgroup")
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+}
+
+/// The OCI runtime the shim delegates to, and whether it can run here: crun refuses cgroup v1
+/// and hybrid hosts ("cgroups in hybrid mode not supported"), where runc is the choice; on a
+/// cgroup v2 host crun starts containers about a third faster than runc.
+fn delegate_check(binary: &str, found: Option<&Path>, v2: bool) -> Check {
+    let name = Path::new(binary)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(binary);
+    let hierarchy = if v2 { "cgroup v2" } else { "cgroup v1/hybrid" };
+    match (name, v2) {
+        ("crun", false) => Check {
+            name: "delegate".into(),
+            ok: false,
+            detail: format!("crun on a {hierarchy} host: crun runs only on cgroup v2"),
+            fix: Some("set [runc] binary = \"runc\" (or move the node to cgroup v2)".into()),
+        },
+        ("crun", true) => Check {
+            name: "delegate".into(),
+            ok: found.is_some(),
+            detail: format!("crun on a {hierarchy} host"),
+            fix: found.is_none().then(|| "install crun".into()),
+        },
+        (_, true) => Check {
+            name: "delegate".into(),
+            ok: true,
+            detail: format!(
+                "{name} on a {hierarchy} host; crun would start containers faster here \
+                 ([runc] binary = \"crun\", e.g. for a second runtime handler)"
+            ),
+            fix: None,
+        },
+        (_, false) => Check {
+            name: "delegate".into(),
+            ok: true,
+            detail: format!("{name} on a {hierarchy} host (crun cannot run here)"),
+            fix: None,
+        },
+    }
+}
+
 /// Runs `doctor`.
 pub fn run(args: &mut Args) -> CliResult {
     let fix = args.take_flag("--fix");
@@ -157,6 +203,11 @@ pub fn run(args: &mut Args) -> CliResult {
             .is_none()
             .then(|| "install runc or set [runc] binary".into()),
     });
+    checks.push(delegate_check(
+        &cfg.runc.binary,
+        runc.as_deref(),
+        cgroup_v2_only(),
+    ));
     let shim = on_path("containerd-shim-nvidia-v2");
     checks.push(Check {
         name: "shim on PATH".into(),
@@ -220,4 +271,24 @@ pub fn run(args: &mut Args) -> CliResult {
         return Err(CliError::failed(format!("{failed} check(s) failed")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crun_is_recommended_only_where_it_can_run() {
+        let crun = Path::new("/usr/bin/crun");
+        assert!(
+            !delegate_check("crun", Some(crun), false).ok,
+            "crun on hybrid fails"
+        );
+        assert!(delegate_check("/usr/bin/crun", Some(crun), true).ok);
+        assert!(!delegate_check("crun", None, true).ok, "crun missing");
+        let on_v2 = delegate_check("runc", None, true);
+        assert!(on_v2.ok && on_v2.detail.contains("crun would start containers faster"));
+        let on_v1 = delegate_check("runc", None, false);
+        assert!(on_v1.ok && on_v1.detail.contains("crun cannot run here"));
+    }
 }
