@@ -14,12 +14,14 @@ cargo build --release -p integration --bin gpu-cri
 (cd "$work/debs" && apt-get download -q containerd runc busybox-static crun libyajl2 >/dev/null)
 for d in "$work"/debs/*.deb; do dpkg -x "$d" "$work/x"; done
 cp "$work"/x/usr/bin/{containerd,ctr,containerd-shim-runc-v2} "$work/x/usr/sbin/runc" "$work/x/bin/busybox" "$work/bin/"
-# crun (the optional faster delegate) with its one library beside it, found through its RPATH.
+# crun (the optional faster delegate) with its one library beside it, found through its RUNPATH.
 command -v patchelf >/dev/null || apt-get install -y -qq patchelf >/dev/null
 mkdir -p "$work/bin/lib"
 cp "$work"/x/usr/bin/crun "$work/bin/"
 cp -L "$work"/x/usr/lib/*-linux-gnu/libyajl.so.2 "$work/bin/lib/"
-patchelf --set-rpath '$ORIGIN/lib' "$work/bin/crun"
+# crun re-executes itself from a sealed copy, where $ORIGIN is gone: also name the directory the
+# acceptance script unpacks the bundle into.
+patchelf --set-rpath '$ORIGIN/lib:/tmp/nvs-gpu/bin/lib' "$work/bin/crun"
 # The shim's lifecycle tests, run on the GPU host with crun as the delegate.
 cargo test --release -p integration --test shim --no-run 2>&1 | grep -oE 'target/release/deps/shim-[0-9a-f]+' | head -1 |
     xargs -I{} cp {} "$work/bin/shim-tests"
