@@ -302,6 +302,23 @@ impl Cgroup {
     }
 }
 
+impl Cgroup {
+    /// How many processes of this cgroup the kernel's OOM killer has killed so far (cgroup v2
+    /// `memory.events`, v1 `memory.oom_control` on kernels that count); `None` when unknown.
+    pub fn oom_kill_count(&self) -> Option<u64> {
+        match self {
+            Cgroup::V2(dir) => dir.exists().then(|| oom_kills(dir)),
+            Cgroup::V1 {
+                memory: Some(dir), ..
+            } => kv(&dir.join("memory.oom_control"))
+                .into_iter()
+                .find(|(k, _)| k == "oom_kill")
+                .map(|(_, v)| v),
+            Cgroup::V1 { .. } => None,
+        }
+    }
+}
+
 fn oom_kills(dir: &Path) -> u64 {
     kv(&dir.join("memory.events"))
         .into_iter()

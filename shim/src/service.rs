@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,6 +79,8 @@ struct Container {
     pending_init_exit: Option<i32>,
     mounted_rootfs: bool,
     oom: Option<JoinHandle<()>>,
+    /// The cgroup's OOM-kill count as of the last TaskOOM published (shared with the watcher).
+    ooms_reported: Arc<AtomicU64>,
 }
 
 impl Container {
@@ -125,6 +128,12 @@ fn container<'a>(map: &'a HashMap<String, Container>, id: &str) -> TtrpcResult<&
 fn process_of<'a>(c: &'a mut Container, exec_id: &str) -> TtrpcResult<&'a mut Process> {
     c.process(exec_id)
         .ok_or_else(|| not_found(format!("exec {exec_id:?} not found")))
+}
+
+fn publish_oom(publisher: &Publisher, id: &str) {
+    let mut ev = TaskOOM::new();
+    ev.container_id = id.to_string();
+    publisher.publish("/tasks/oom", &ev);
 }
 
 fn rootfs_of(bundle: &Path) -> PathBuf {
@@ -221,6 +230,14 @@ impl Service {
                 continue;
             }
             let status = c.pending_init_exit.take().unwrap_or(0);
+            // An OOM kill usually ends the init too, and its exit can reach us before the
+            // watcher has read the cgroup's event: report the kill first, as the watcher would have.
+            if let Some(n) = c.cgroup.as_ref().and_then(|cg| cg.oom_kill_count()) {
+                if n > c.ooms_reported.swap(n, Ordering::Relaxed) {
+                    tracing::info!(id = cid.as_str(), "oom");
+                    publish_oom(&self.publisher, cid);
+                }
+            }
             let info = ts_to_exit(status);
             c.init.status = Status::STOPPED;
             let mut ev = TaskExit::new();
@@ -376,18 +393,26 @@ impl Service {
             }
         };
         let cgroup = crate::cgroup::of_pid(pid);
+        let ooms_reported = Arc::new(AtomicU64::new(
+            cgroup
+                .as_ref()
+                .and_then(|cg| cg.oom_kill_count())
+                .unwrap_or(0),
+        ));
         let oom = cgroup
             .as_ref()
-            .and_then(|cg| cg.oom_watcher())
-            .map(|mut w| {
+            .and_then(|cg| cg.oom_watcher().map(|w| (w, cg.clone())))
+            .map(|(mut w, cg)| {
                 let publisher = self.publisher.clone();
                 let id = req.id.clone();
+                let reported = ooms_reported.clone();
                 tokio::spawn(async move {
                     while w.next().await {
                         tracing::info!(id = id.as_str(), "oom");
-                        let mut ev = TaskOOM::new();
-                        ev.container_id = id.clone();
-                        publisher.publish("/tasks/oom", &ev);
+                        if let Some(n) = cg.oom_kill_count() {
+                            reported.store(n, Ordering::Relaxed);
+                        }
+                        publish_oom(&publisher, &id);
                     }
                 })
             });
@@ -405,6 +430,7 @@ impl Service {
             pending_init_exit: None,
             mounted_rootfs: mounted,
             oom,
+            ooms_reported,
         };
         self.lock().insert(req.id.clone(), container);
 
