@@ -427,7 +427,7 @@ driver=$("$HOST_SMI" --query-gpu=driver_version --format=csv,noheader | head -1)
     echo "| (a) containerd-shim-runc-v2 (Go), no GPU | $((ma / 1000)).$(printf %03d $((ma % 1000))) | 1.000 |"
     echo "| (b) containerd-shim-nvidia-v2, no GPU | $((mb / 1000)).$(printf %03d $((mb % 1000))) | $ratio_b |"
     echo "| (c) containerd-shim-nvidia-v2, NVIDIA_VISIBLE_DEVICES=all | $((mc / 1000)).$(printf %03d $((mc % 1000))) | $ratio |"
-    if [ -n "$md" ] && [ -n "$me" ]; then
+    if [ -s "$W/d" ] && [ -s "$W/e" ]; then
         echo "| (d) containerd-shim-nvidia-v2 + crun, no GPU | $((md / 1000)).$(printf %03d $((md % 1000))) | $(awk -v x="$md" -v a="$ma" 'BEGIN {printf "%.3f", x/a}') |"
         echo "| (e) containerd-shim-nvidia-v2 + crun, NVIDIA_VISIBLE_DEVICES=all | $((me / 1000)).$(printf %03d $((me % 1000))) | $(awk -v x="$me" -v a="$ma" 'BEGIN {printf "%.3f", x/a}') |"
     fi
