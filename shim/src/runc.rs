@@ -378,3 +378,29 @@ async fn read_all(fd: Option<OwnedFd>) -> Vec<u8> {
     }
     buf
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_name_the_delegate_and_their_kind() {
+        let crun = Runc {
+            binary: "/usr/local/bin/crun".into(),
+            root: "/run/x".into(),
+            systemd_cgroup: false,
+            log: "/tmp/log.json".into(),
+        };
+        assert_eq!(crun.name(), "crun");
+        let e = RuncError::classify(
+            &format!("{} create", crun.name()),
+            "exec format error".into(),
+        );
+        assert_eq!(e.to_string(), "crun create: exec format error");
+        assert!(matches!(
+            RuncError::classify("crun delete", "container `x` does not exist".into()),
+            RuncError::NotExist { .. }
+        ));
+        assert!(RuncError::classify("runc kill", "container not running".into()).is_gone());
+    }
+}

@@ -399,6 +399,22 @@ fn main() -> Result<()> {
         "| our shim, `NVIDIA_VISIBLE_DEVICES=all` | {:.1} | {:.1} | {} |",
         conc_our.0, conc_our.1, conc_our.2
     );
+    println!();
+    if cgroup_v2_only() {
+        println!(
+            "crun as the delegate: run `scripts/gpu-acceptance.sh` for its rows (cgroup v2 host)."
+        );
+    } else {
+        println!("crun as the delegate: not measured here — crun runs only on cgroup v2 hosts and this one is v1/hybrid (see docs/gpu-acceptance.md for the H100's crun rows).");
+    }
     c.assert_clean()?;
     Ok(())
+}
+
+/// Whether `/sys/fs/cgroup` is the unified hierarchy alone.
+fn cgroup_v2_only() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split(' ').nth(4) == Some("/sys/fs/cgroup") && l.contains(" - cgroup2 "))
+    })
 }
