@@ -288,6 +288,16 @@ fn bad_runtime_config_fails_create_and_leaves_nothing(mut c: Containerd) -> Resu
     c.assert_clean()
 }
 
+/// Kills container `id`, waits for its init's TaskExit, then deletes the task and the container.
+fn kill_and_remove(c: &Containerd, id: &str) -> Result<()> {
+    let events = c.events()?;
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", id])?;
+    events.wait_for(&["/tasks/exit", &init_id(id)], Duration::from_secs(20))?;
+    c.ctr_ok(&["task", "delete", id])?;
+    c.ctr_ok(&["containers", "rm", id])?;
+    Ok(())
+}
+
 fn task_api_v3_answers_beside_v2(mut c: Containerd) -> Result<()> {
     use containerd_shim_protos::api;
     ensure!(c.run(&["-d"], "v3", &["sleep", "1000"])?.status.success());
@@ -319,11 +329,7 @@ fn task_api_v3_answers_beside_v2(mut c: Containerd) -> Result<()> {
             "ctr shim state (task API v3): {out:?}"
         );
     }
-    let events = c.events()?;
-    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "v3"])?;
-    events.wait_for(&["/tasks/exit", &init_id("v3")], Duration::from_secs(20))?;
-    c.ctr_ok(&["task", "delete", "v3"])?;
-    c.ctr_ok(&["containers", "rm", "v3"])?;
+    kill_and_remove(&c, "v3")?;
     c.assert_clean()
 }
 
@@ -344,11 +350,7 @@ fn start_replies_in_the_form_each_containerd_understands(mut c: Containerd) -> R
     c.restart_daemon()?;
     let ls = c.ctr_ok(&["task", "ls"])?;
     ensure!(ls.contains("RUNNING"), "{ls}");
-    let events = c.events()?;
-    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "boot"])?;
-    events.wait_for(&["/tasks/exit", &init_id("boot")], Duration::from_secs(20))?;
-    c.ctr_ok(&["task", "delete", "boot"])?;
-    c.ctr_ok(&["containers", "rm", "boot"])?;
+    kill_and_remove(&c, "boot")?;
     c.assert_clean()
 }
 
