@@ -97,7 +97,9 @@ pub struct GpuConfig {
     pub cdi_annotation_prefixes: Vec<String>,
     /// Time limit, in milliseconds, on a Create's GPU work (driver discovery, reading and writing
     /// the image's loader cache, CDI specs). Past it the Create fails and leaves nothing behind;
-    /// the pod's other containers are served meanwhile either way.
+    /// the pod's other containers are served meanwhile either way. The default leaves room for a
+    /// first NVML discovery on a many-GPU node without persistence mode (seconds per GPU); a
+    /// discovery that overruns still completes and caches its result for the retry.
     pub prepare_timeout_ms: u64,
     /// Let a container use its image's CUDA forward-compatibility libraries
     /// (`/usr/local/cuda/compat`) when they are of a newer driver branch than the host's.
@@ -112,7 +114,7 @@ impl Default for GpuConfig {
             disable_require: false,
             cdi_spec_dirs: vec!["/etc/cdi".into(), "/var/run/cdi".into()],
             cdi_annotation_prefixes: vec!["cdi.k8s.io/".into()],
-            prepare_timeout_ms: 10_000,
+            prepare_timeout_ms: 30_000,
             cuda_forward_compat: true,
         }
     }
