@@ -6,6 +6,7 @@
 
 pub mod cgroup;
 pub mod cli;
+pub mod delegate;
 pub mod delete;
 pub mod errors;
 pub mod gpu_stage;

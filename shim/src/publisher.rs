@@ -93,6 +93,32 @@ impl Publisher {
         Self { tx, namespace }
     }
 
+    /// A publisher whose events go to the returned channel as (topic, encoded event), in order:
+    /// for tests of the task service's event order without containerd.
+    pub fn sink(namespace: String) -> (Self, mpsc::UnboundedReceiver<(String, Vec<u8>)>) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Item>();
+        let (out, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(item) = rx.recv().await {
+                match item {
+                    Item::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                    Item::Event(req) => {
+                        let value = req
+                            .envelope
+                            .event
+                            .as_ref()
+                            .map(|a| a.value.clone())
+                            .unwrap_or_default();
+                        let _ = out.send((req.envelope.topic.clone(), value));
+                    }
+                }
+            }
+        });
+        (Self { tx, namespace }, events)
+    }
+
     /// Queues an event.
     pub fn publish<M: MessageFull>(&self, topic: &str, event: &M) {
         let mut any = Any::new();

@@ -29,18 +29,21 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::cgroup::Cgroup;
+use crate::delegate::{runc_factory, Delegate, DelegateFactory};
 use crate::errors::{
     exists, invalid, kill_error, not_found, precondition, unimplemented, unknown, ShimError,
 };
 use crate::io::{self, ProcessIo, StdioUris};
 use crate::publisher::{now, Publisher};
 use crate::reaper::Exit;
-use crate::runc::{CreateOpts, Runc};
+use crate::runc::CreateOpts;
 use crate::settings::{load_config, write_atomic, Settings};
 
 mod create;
 mod exits;
 mod model;
+#[cfg(test)]
+mod tests;
 
 use model::*;
 
@@ -51,18 +54,30 @@ pub struct Service {
     event_lock: tokio::sync::Mutex<()>,
     publisher: Publisher,
     shutdown: Arc<Notify>,
+    delegates: DelegateFactory,
 }
 
 impl Service {
     /// Creates the service; `shutdown` is notified when the last container is gone and containerd
     /// asked the shim to exit.
     pub fn new(namespace: String, publisher: Publisher, shutdown: Arc<Notify>) -> Self {
+        Self::with_delegates(namespace, publisher, shutdown, runc_factory())
+    }
+
+    /// Like [`Service::new`], with the OCI runtime made by `delegates` (tests pass a fake).
+    pub fn with_delegates(
+        namespace: String,
+        publisher: Publisher,
+        shutdown: Arc<Notify>,
+        delegates: DelegateFactory,
+    ) -> Self {
         Self {
             namespace,
             containers: Mutex::new(HashMap::new()),
             event_lock: tokio::sync::Mutex::new(()),
             publisher,
             shutdown,
+            delegates,
         }
     }
 
@@ -70,7 +85,7 @@ impl Service {
         self.containers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn runc_of(&self, id: &str) -> TtrpcResult<Runc> {
+    fn runc_of(&self, id: &str) -> TtrpcResult<Arc<dyn Delegate>> {
         container(&self.lock(), id).map(|c| c.runc.clone())
     }
 }

@@ -34,7 +34,7 @@ impl Service {
         settings
             .persist(&bundle)
             .map_err(|e| ShimError::Failed(format!("persisting settings: {e}")))?;
-        let runc = settings.runc(&bundle);
+        let runc = (self.delegates)(&settings, &bundle);
 
         let mut mounted = false;
         if !req.rootfs.is_empty() {

@@ -13,7 +13,7 @@ impl Service {
     }
 
     pub(super) async fn on_exit(&self, e: Exit) {
-        let mut kill_all: Option<(String, Runc)> = None;
+        let mut kill_all: Option<(String, Arc<dyn Delegate>)> = None;
         {
             let mut map = self.lock();
             let Some((cid, c)) = map

@@ -35,7 +35,7 @@ impl Process {
 pub(super) struct Container {
     pub(super) bundle: PathBuf,
     pub(super) settings: Settings,
-    pub(super) runc: Runc,
+    pub(super) runc: Arc<dyn Delegate>,
     pub(super) init: Process,
     pub(super) execs: HashMap<String, Process>,
     pub(super) cgroup: Option<Cgroup>,
