@@ -7,6 +7,7 @@
 //! the pod keeps being served and a stuck Create fails instead of hanging.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use gpu_core::{GpuError, Injected, Injector, ShimConfig};
@@ -22,10 +23,32 @@ pub enum Outcome {
     Injected(Spec, Injected),
 }
 
+/// The shim's injectors, one per distinct configuration, kept for the shim's lifetime: the pod's
+/// containers share one, and with it the inventory it read (a Create then only re-checks the
+/// driver version, bus ids and MIG layout before reusing it).
+#[derive(Default)]
+pub struct Injectors {
+    by_config: std::sync::Mutex<Vec<(ShimConfig, Arc<Injector>)>>,
+}
+
+impl Injectors {
+    /// The injector for `cfg`, made on first use.
+    pub fn get(&self, cfg: ShimConfig) -> Arc<Injector> {
+        let mut all = self.by_config.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, i)) = all.iter().find(|(c, _)| *c == cfg) {
+            return i.clone();
+        }
+        let i = Arc::new(Injector::new(cfg.clone()));
+        all.push((cfg, i.clone()));
+        i
+    }
+}
+
 /// Runs the GPU stage on `spec`, whose root filesystem is mounted at `rootfs`.
 #[tracing::instrument(name = "gpu", level = "debug", skip_all, fields(id = id))]
 pub async fn run(
     id: &str,
+    injectors: &Injectors,
     cfg: ShimConfig,
     spec: Spec,
     rootfs: PathBuf,
@@ -35,9 +58,10 @@ pub async fn run(
         return Ok(Outcome::Untouched(spec));
     }
     let limit = Duration::from_millis(cfg.gpu.prepare_timeout_ms);
+    let injector = injectors.get(cfg);
     let work = tokio::task::spawn_blocking(move || {
         let mut spec = spec;
-        let injected = Injector::new(cfg).prepare(&mut spec, &rootfs)?;
+        let injected = injector.prepare(&mut spec, &rootfs)?;
         Ok::<_, gpu_core::GpuError>((spec, injected))
     });
     match tokio::time::timeout(limit, work).await {

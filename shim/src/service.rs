@@ -55,6 +55,7 @@ pub struct Service {
     publisher: Publisher,
     shutdown: Arc<Notify>,
     delegates: DelegateFactory,
+    injectors: crate::gpu_stage::Injectors,
 }
 
 impl Service {
@@ -78,6 +79,7 @@ impl Service {
             publisher,
             shutdown,
             delegates,
+            injectors: Default::default(),
         }
     }
 

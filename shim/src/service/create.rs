@@ -78,7 +78,8 @@ impl Service {
         } else {
             bundle.join(root_path)
         };
-        let spec = match crate::gpu_stage::run(&req.id, cfg, spec, root_path).await {
+        let spec = match crate::gpu_stage::run(&req.id, &self.injectors, cfg, spec, root_path).await
+        {
             Ok(crate::gpu_stage::Outcome::Untouched(spec)) => spec,
             Ok(crate::gpu_stage::Outcome::Injected(spec, done)) => {
                 let data = serde_json::to_vec(&spec)
