@@ -2,6 +2,7 @@
 //! cgroup and OOM watcher) and the start of an exec.
 
 use super::*;
+use gpu_core::ShimConfig;
 
 impl Service {
     #[tracing::instrument(name = "create", level = "debug", skip_all, fields(id = %req.id))]
@@ -10,6 +11,51 @@ impl Service {
         req: &api::CreateTaskRequest,
     ) -> Result<api::CreateTaskResponse, ShimError> {
         let bundle = PathBuf::from(&req.bundle);
+        let (cfg, settings, spec) = self.settings_stage(req, &bundle)?;
+        let runc = (self.delegates)(&settings, &bundle);
+        // From here on every failure unmounts what was mounted, when the guard drops.
+        let rootfs = RootfsGuard::mount(&bundle, &req.rootfs)?;
+        let spec = self.gpu_stage(&req.id, cfg, spec, &bundle).await?;
+        let uris = StdioUris {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let (pid, pio) =
+            create_stage(&req.id, &*runc, &bundle, &settings, &uris, &self.namespace).await?;
+        let cgroup = crate::cgroup::of_pid(pid);
+        let (oom, ooms_reported) = self.oom_stage(&req.id, cgroup.as_ref());
+        let mut init = Process::new("", uris);
+        init.pid = pid;
+        init.io = pio;
+        let container = Container {
+            bundle: bundle.clone(),
+            settings,
+            runc,
+            init,
+            execs: HashMap::new(),
+            cgroup,
+            host_pid_ns: shares_host_pid_ns(&spec),
+            pending_init_exit: None,
+            mounted_rootfs: rootfs.keep(),
+            oom,
+            ooms_reported,
+        };
+        self.lock().insert(req.id.clone(), container);
+        self.publish_create(req, pid);
+        let mut resp = api::CreateTaskResponse::new();
+        resp.pid = pid as u32;
+        Ok(resp)
+    }
+
+    /// Options → shim config → the bundle's spec → effective settings, persisted in the bundle
+    /// so `delete` needs nothing else.
+    fn settings_stage(
+        &self,
+        req: &api::CreateTaskRequest,
+        bundle: &Path,
+    ) -> Result<(ShimConfig, Settings, oci_spec::runtime::Spec), ShimError> {
         let opts = match req.options.as_ref() {
             Some(a) => ShimOptions::decode(&a.type_url, &a.value)
                 .map_err(|e| ShimError::Invalid(e.to_string()))?,
@@ -32,42 +78,19 @@ impl Service {
             cgroups_path.as_deref(),
         );
         settings
-            .persist(&bundle)
+            .persist(bundle)
             .map_err(|e| ShimError::Failed(format!("persisting settings: {e}")))?;
-        let runc = (self.delegates)(&settings, &bundle);
+        Ok((cfg, settings, spec))
+    }
 
-        let mut mounted = false;
-        if !req.rootfs.is_empty() {
-            let rootfs = rootfs_of(&bundle);
-            std::fs::create_dir_all(&rootfs)
-                .map_err(|e| ShimError::Failed(format!("creating {}: {e}", rootfs.display())))?;
-            let _ = std::fs::set_permissions(
-                &rootfs,
-                std::os::unix::fs::PermissionsExt::from_mode(0o711),
-            );
-            for m in &req.rootfs {
-                mounted = true;
-                if let Err(e) = containerd_shim::mount::mount_rootfs(
-                    Some(&m.type_),
-                    Some(&m.source),
-                    &m.options,
-                    &rootfs,
-                ) {
-                    unmount_rootfs(&bundle);
-                    return Err(ShimError::Failed(format!(
-                        "mounting rootfs ({} {}): {e}",
-                        m.type_, m.source
-                    )));
-                }
-            }
-        }
-        let cleanup = |e: ShimError| {
-            if mounted {
-                unmount_rootfs(&bundle);
-            }
-            e
-        };
-
+    /// The GPU edits (see [`crate::gpu_stage`]); an edited spec is written back to the bundle.
+    async fn gpu_stage(
+        &self,
+        id: &str,
+        cfg: ShimConfig,
+        spec: oci_spec::runtime::Spec,
+        bundle: &Path,
+    ) -> Result<oci_spec::runtime::Spec, ShimError> {
         let root_path = spec
             .root()
             .as_ref()
@@ -78,84 +101,37 @@ impl Service {
         } else {
             bundle.join(root_path)
         };
-        let spec = match crate::gpu_stage::run(&req.id, &self.injectors, cfg, spec, root_path).await
-        {
-            Ok(crate::gpu_stage::Outcome::Untouched(spec)) => spec,
-            Ok(crate::gpu_stage::Outcome::Injected(spec, done)) => {
+        match crate::gpu_stage::run(id, &self.injectors, cfg, spec, root_path).await? {
+            crate::gpu_stage::Outcome::Untouched(spec) => Ok(spec),
+            crate::gpu_stage::Outcome::Injected(spec, done) => {
                 let data = serde_json::to_vec(&spec)
-                    .map_err(|e| cleanup(ShimError::Failed(format!("encoding spec: {e}"))))?;
-                write_atomic(&spec_path, &data)
-                    .map_err(|e| cleanup(ShimError::Failed(format!("writing spec: {e}"))))?;
+                    .map_err(|e| ShimError::Failed(format!("encoding spec: {e}")))?;
+                write_atomic(&bundle.join("config.json"), &data)
+                    .map_err(|e| ShimError::Failed(format!("writing spec: {e}")))?;
                 for w in &done.warnings {
-                    tracing::warn!(id = req.id.as_str(), "gpu: {w}");
+                    tracing::warn!(id, "gpu: {w}");
                 }
-                tracing::info!(id = req.id.as_str(), "gpu: {}", done.summary);
-                spec
+                tracing::info!(id, "gpu: {}", done.summary);
+                Ok(spec)
             }
-            Err(e) => return Err(cleanup(e)),
-        };
-        let host_pid_ns = !spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.namespaces().as_ref())
-            .is_some_and(|ns| {
-                ns.iter().any(|n| {
-                    n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid && n.path().is_none()
-                })
-            });
-
-        let uris = StdioUris {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
-        };
-        let mut pending = io::prepare(
-            &uris,
-            &req.id,
-            &self.namespace,
-            settings.io_uid,
-            settings.io_gid,
-        )
-        .map_err(|e| cleanup(ShimError::Failed(format!("setting up IO: {e}"))))?;
-        let pid_file = bundle.join("init.pid");
-        let console = pending.console_socket.clone();
-        let copts = CreateOpts {
-            pid_file: &pid_file,
-            console_socket: console.as_deref(),
-            no_pivot: settings.no_pivot_root,
-            no_new_keyring: settings.no_new_keyring,
-        };
-        let runc_io = std::mem::take(&mut pending.runc);
-        if let Err(e) = runc.create(&req.id, &bundle, copts, runc_io).await {
-            let _ = runc.delete(&req.id, true).await;
-            return Err(cleanup(e.into()));
         }
-        let pid = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-            .unwrap_or(0);
-        let pio = match pending.finish().await {
-            Ok(io) => io,
-            Err(e) => {
-                let _ = runc.delete(&req.id, true).await;
-                return Err(cleanup(ShimError::Failed(format!("setting up IO: {e}"))));
-            }
-        };
-        let cgroup = crate::cgroup::of_pid(pid);
-        let ooms_reported = Arc::new(AtomicU64::new(
-            cgroup
-                .as_ref()
-                .and_then(|cg| cg.oom_kill_count())
-                .unwrap_or(0),
+    }
+
+    /// The cgroup's OOM watcher, publishing TaskOOM; the count it shares with the exit path.
+    fn oom_stage(
+        &self,
+        id: &str,
+        cgroup: Option<&Cgroup>,
+    ) -> (Option<JoinHandle<()>>, Arc<AtomicU64>) {
+        let reported = Arc::new(AtomicU64::new(
+            cgroup.and_then(|cg| cg.oom_kill_count()).unwrap_or(0),
         ));
         let oom = cgroup
-            .as_ref()
             .and_then(|cg| cg.oom_watcher().map(|w| (w, cg.clone())))
             .map(|(mut w, cg)| {
                 let publisher = self.publisher.clone();
-                let id = req.id.clone();
-                let reported = ooms_reported.clone();
+                let id = id.to_string();
+                let reported = reported.clone();
                 tokio::spawn(async move {
                     while w.next().await {
                         tracing::info!(id = id.as_str(), "oom");
@@ -166,24 +142,10 @@ impl Service {
                     }
                 })
             });
-        let mut init = Process::new("", uris);
-        init.pid = pid;
-        init.io = pio;
-        let container = Container {
-            bundle: bundle.clone(),
-            settings,
-            runc,
-            init,
-            execs: HashMap::new(),
-            cgroup,
-            host_pid_ns,
-            pending_init_exit: None,
-            mounted_rootfs: mounted,
-            oom,
-            ooms_reported,
-        };
-        self.lock().insert(req.id.clone(), container);
+        (oom, reported)
+    }
 
+    fn publish_create(&self, req: &api::CreateTaskRequest, pid: i32) {
         let mut ev = TaskCreate::new();
         ev.container_id = req.id.clone();
         ev.bundle = req.bundle.clone();
@@ -197,9 +159,6 @@ impl Service {
         ev.checkpoint = req.checkpoint.clone();
         ev.pid = pid as u32;
         self.publisher.publish("/tasks/create", &ev);
-        let mut resp = api::CreateTaskResponse::new();
-        resp.pid = pid as u32;
-        Ok(resp)
     }
 
     pub(super) async fn start_exec(&self, id: &str, exec_id: &str) -> TtrpcResult<u32> {
@@ -261,5 +220,109 @@ impl Service {
         p.io = pio;
         p.status = Status::RUNNING;
         Ok(pid as u32)
+    }
+}
+
+/// IO, then the delegate's create; on any failure the half-created container is deleted.
+async fn create_stage(
+    id: &str,
+    runc: &dyn Delegate,
+    bundle: &Path,
+    settings: &Settings,
+    uris: &StdioUris,
+    namespace: &str,
+) -> Result<(i32, ProcessIo), ShimError> {
+    let mut pending = io::prepare(uris, id, namespace, settings.io_uid, settings.io_gid)
+        .map_err(|e| ShimError::Failed(format!("setting up IO: {e}")))?;
+    let pid_file = bundle.join("init.pid");
+    let console = pending.console_socket.clone();
+    let copts = CreateOpts {
+        pid_file: &pid_file,
+        console_socket: console.as_deref(),
+        no_pivot: settings.no_pivot_root,
+        no_new_keyring: settings.no_new_keyring,
+    };
+    let runc_io = std::mem::take(&mut pending.runc);
+    if let Err(e) = runc.create(id, bundle, copts, runc_io).await {
+        let _ = runc.delete(id, true).await;
+        return Err(e.into());
+    }
+    let pid = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .unwrap_or(0);
+    match pending.finish().await {
+        Ok(io) => Ok((pid, io)),
+        Err(e) => {
+            let _ = runc.delete(id, true).await;
+            Err(ShimError::Failed(format!("setting up IO: {e}")))
+        }
+    }
+}
+
+/// Whether the container shares the host's PID namespace (then nothing kills what its init
+/// leaves behind but us).
+fn shares_host_pid_ns(spec: &oci_spec::runtime::Spec) -> bool {
+    !spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter().any(|n| {
+                n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid && n.path().is_none()
+            })
+        })
+}
+
+/// The container's root filesystem, mounted for the Create and unmounted again if the Create
+/// fails before [`RootfsGuard::keep`].
+struct RootfsGuard<'a> {
+    bundle: &'a Path,
+    mounted: bool,
+}
+
+impl<'a> RootfsGuard<'a> {
+    fn mount(
+        bundle: &'a Path,
+        mounts: &[containerd_shim_protos::types::mount::Mount],
+    ) -> Result<Self, ShimError> {
+        let mut guard = RootfsGuard {
+            bundle,
+            mounted: false,
+        };
+        if mounts.is_empty() {
+            return Ok(guard);
+        }
+        let rootfs = rootfs_of(bundle);
+        std::fs::create_dir_all(&rootfs)
+            .map_err(|e| ShimError::Failed(format!("creating {}: {e}", rootfs.display())))?;
+        let _ =
+            std::fs::set_permissions(&rootfs, std::os::unix::fs::PermissionsExt::from_mode(0o711));
+        for m in mounts {
+            guard.mounted = true;
+            containerd_shim::mount::mount_rootfs(
+                Some(&m.type_),
+                Some(&m.source),
+                &m.options,
+                &rootfs,
+            )
+            .map_err(|e| {
+                ShimError::Failed(format!("mounting rootfs ({} {}): {e}", m.type_, m.source))
+            })?;
+        }
+        Ok(guard)
+    }
+
+    /// The Create succeeded: the mounts stay (until Delete). Returns whether there were any.
+    fn keep(mut self) -> bool {
+        std::mem::replace(&mut self.mounted, false)
+    }
+}
+
+impl Drop for RootfsGuard<'_> {
+    fn drop(&mut self) {
+        if self.mounted {
+            unmount_rootfs(self.bundle);
+        }
     }
 }
