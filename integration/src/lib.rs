@@ -7,16 +7,23 @@
 #![warn(missing_docs)]
 
 pub mod cri;
+mod events;
 pub mod image;
+mod procs;
+mod version;
+
+pub use events::Events;
+pub use procs::{processes_matching, wait_pid_gone, wait_until};
+pub use version::Version;
 
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -46,58 +53,6 @@ pub struct Containerd {
     /// Directory of a non-default containerd + ctr.
     tools: Option<PathBuf>,
     version: Version,
-}
-
-/// The containerd versions the tests run under.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Version {
-    /// 1.6 (Debian bookworm, installed).
-    V1_6,
-    /// 1.7 (Debian trixie, extracted into `.cache/containerd17`).
-    V1_7,
-    /// 2.x (Debian sid, extracted into `.cache/containerd2`).
-    V2,
-}
-
-impl Version {
-    /// Directories to put ahead on PATH for this version's containerd and ctr.
-    fn tools(self) -> Result<Vec<PathBuf>> {
-        let sub = match self {
-            Version::V1_6 => return Ok(Vec::new()),
-            Version::V1_7 => "containerd17",
-            Version::V2 => "containerd2",
-        };
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../.cache")
-            .join(sub)
-            .join("usr/bin");
-        if !dir.join("containerd").exists() {
-            bail!("{} missing: run `just setup`", dir.display());
-        }
-        Ok(vec![dir])
-    }
-
-    /// Asks a containerd binary (empty path: the one on PATH) which version it is.
-    fn of(binary: &Path) -> Result<Self> {
-        let bin = if binary.as_os_str().is_empty() || !binary.exists() {
-            PathBuf::from("containerd")
-        } else {
-            binary.to_path_buf()
-        };
-        let out = Command::new(&bin)
-            .arg("--version")
-            .output()
-            .with_context(|| format!("running {} --version", bin.display()))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let v = text.split_whitespace().nth(2).unwrap_or_default();
-        Ok(if v.starts_with("2.") {
-            Version::V2
-        } else if v.starts_with("1.7") {
-            Version::V1_7
-        } else {
-            Version::V1_6
-        })
-    }
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -557,112 +512,6 @@ impl Drop for Containerd {
             }
         }
     }
-}
-
-/// A running `ctr events` stream.
-pub struct Events {
-    child: Child,
-    rx: mpsc::Receiver<String>,
-    seen: std::cell::RefCell<Vec<String>>,
-}
-
-impl Events {
-    /// Waits for a line containing every needle; returns it.
-    pub fn wait_for(&self, needles: &[&str], limit: Duration) -> Result<String> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.borrow_mut().push(line.clone());
-                    if needles.iter().all(|n| line.contains(n)) {
-                        return Ok(line);
-                    }
-                }
-                Err(_) => bail!("no event with {needles:?}; saw {:#?}", self.seen.borrow()),
-            }
-        }
-    }
-
-    /// Every line received so far, without waiting for more.
-    pub fn history(&self) -> Vec<String> {
-        let mut seen = self.seen.borrow_mut();
-        seen.extend(self.rx.try_iter());
-        seen.clone()
-    }
-}
-
-impl Drop for Events {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Polls `cond` until it holds, for conditions that offer no event to wait on.
-pub fn wait_until(
-    limit: Duration,
-    what: &str,
-    mut cond: impl FnMut() -> Result<bool>,
-) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond()? {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Waits for a process to exit, through a pidfd (an event, not polling).
-pub fn wait_pid_gone(pid: i32, limit: Duration) -> Result<()> {
-    // SAFETY: plain syscall; the result is checked.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Ok(()); // already gone
-    }
-    // SAFETY: pidfd_open returned a new descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut pfd, 1, limit.as_millis() as i32) };
-    if n == 1 {
-        Ok(())
-    } else {
-        bail!("process {pid} did not exit within {limit:?}")
-    }
-}
-
-/// Pids of processes whose argv satisfies `pred`.
-pub fn processes_matching(pred: impl Fn(&[String]) -> bool) -> Vec<i32> {
-    let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.filter_map(|e| e.ok()) {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(raw) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let argv: Vec<String> = raw
-            .split(|b| *b == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect();
-        if pred(&argv) {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 fn shell_quote(s: &str) -> String {
