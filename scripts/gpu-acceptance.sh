@@ -54,9 +54,8 @@ DELEGATE=${DELEGATE:-runc}
 CRUN_OK=0
 if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] && "$W/bin/crun" --version >/dev/null 2>&1; then CRUN_OK=1; fi
 # containerd passes its environment to shims: the shim finds its config through it.
-NVIDIA_SHIM_CONFIG="$W/shim.toml" setsid containerd --config "$W/containerd.toml" >"$W/containerd.log" 2>&1 &
 CTR=(ctr --address "$SOCK" --namespace "$NS")
-wait_containerd
+start_containerd "$W/containerd.log"
 log "containerd: $("${CTR[@]}" version 2>&1 | grep -m1 Version)"
 
 # --- image -----------------------------------------------------------------------------------
@@ -383,10 +382,8 @@ read -r go_n go_rss go_pss go_uss <<<"$(pods_memory io.containerd.runc.v2 mgo)"
 read -r our_n our_rss our_pss our_uss <<<"$(pods_memory io.containerd.nvidia.v2 mour --env NVIDIA_VISIBLE_DEVICES=all)"
 
 # --- where a GPU start's time goes: the shim's spans (containerd at debug level) ---------------
-pkill -f "containerd --config $W/containerd.toml"
-for _ in $(seq 50); do pgrep -f "containerd --config $W/containerd.toml" >/dev/null || break; sleep 0.1; done
-NVIDIA_SHIM_CONFIG="$W/shim.toml" setsid containerd --log-level debug --config "$W/containerd.toml" >"$W/containerd-debug.log" 2>&1 &
-wait_containerd
+stop_containerd
+start_containerd "$W/containerd-debug.log" --log-level debug
 for i in $(seq 10); do
     run "$IMG" sb$i true >/dev/null 2>&1
     run --env NVIDIA_VISIBLE_DEVICES=all "$IMG" sc$i true >/dev/null 2>&1
@@ -446,5 +443,5 @@ driver=$("$HOST_SMI" --query-gpu=driver_version --format=csv,noheader | head -1)
     echo "Summed PSS, ours / Go: $(awk -v o="$our_pss" -v g="$go_pss" 'BEGIN {printf "%.2f", (g > 0 ? o / g : 0)}') (goal ≤ 0.25); one shim's RSS: $((our_rss / (our_n > 0 ? our_n : 1))) KiB (goal ≤ 4096)."
 } >"$REPORT"
 cat "$REPORT"
-pkill -f "containerd --config $W/containerd.toml"
+stop_containerd
 exit $((FAILS > 0))
