@@ -26,17 +26,30 @@ pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
             meta.size()
         )));
     }
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(format!("/proc/self/fd/{}", p.as_raw_fd()))?;
-    let mut out = Vec::with_capacity(meta.size() as usize);
-    f.take(limit.saturating_add(1)).read_to_end(&mut out)?;
+    let out = read_reopened(&p, meta.size(), limit)?;
     if out.len() as u64 > limit {
         return Err(std::io::Error::other(format!(
             "over the {limit}-byte limit"
         )));
     }
+    Ok(out)
+}
+
+/// Reads the file an `O_PATH` descriptor holds: reopened through `/proc/self/fd` (the very inode,
+/// no second lookup anyone could race), non-blocking and without taking a controlling tty, at
+/// most `limit` + 1 bytes so a caller sees a file that grew past its bound. `size` is a capacity
+/// hint.
+pub(crate) fn read_reopened(
+    path_fd: &impl AsRawFd,
+    size: u64,
+    limit: u64,
+) -> std::io::Result<Vec<u8>> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(format!("/proc/self/fd/{}", path_fd.as_raw_fd()))?;
+    let mut out = Vec::with_capacity(size.min(limit) as usize);
+    f.take(limit.saturating_add(1)).read_to_end(&mut out)?;
     Ok(out)
 }
 

@@ -1,13 +1,14 @@
-//! The OCI runtime the task service delegates to, as a trait: runc or crun through [`Runc`] in
-//! the product, a fake in the service's in-process tests (event order, state rules) — the seam
-//! that lets those run without root, containerd or runc.
+//! The OCI runtime the task service delegates to, as a trait: runc or crun through
+//! [`crate::runc::Runc`] (which implements it) in the product, a fake in the service's in-process
+//! tests (event order, state rules) — the seam that lets those run without root, containerd or
+//! runc.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::runc::{CreateOpts, Runc, RuncError, RuncIo};
+use crate::runc::{CreateOpts, RuncError, RuncIo};
 use crate::settings::Settings;
 
 /// What the service asks of its OCI runtime, for one container.
@@ -43,49 +44,6 @@ pub trait Delegate: Send + Sync {
     async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<(), RuncError>;
     /// `ps`: the container's pids.
     async fn ps(&self, id: &str) -> Result<Vec<u32>, RuncError>;
-}
-
-#[async_trait]
-impl Delegate for Runc {
-    async fn create(
-        &self,
-        id: &str,
-        bundle: &Path,
-        opts: CreateOpts<'_>,
-        io: RuncIo,
-    ) -> Result<(), RuncError> {
-        Runc::create(self, id, bundle, opts, io).await
-    }
-    async fn exec(
-        &self,
-        id: &str,
-        process: &Path,
-        opts: CreateOpts<'_>,
-        io: RuncIo,
-    ) -> Result<(), RuncError> {
-        Runc::exec(self, id, process, opts, io).await
-    }
-    async fn start(&self, id: &str) -> Result<(), RuncError> {
-        Runc::start(self, id).await
-    }
-    async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), RuncError> {
-        Runc::kill(self, id, signal, all).await
-    }
-    async fn delete(&self, id: &str, force: bool) -> Result<(), RuncError> {
-        Runc::delete(self, id, force).await
-    }
-    async fn pause(&self, id: &str) -> Result<(), RuncError> {
-        Runc::pause(self, id).await
-    }
-    async fn resume(&self, id: &str) -> Result<(), RuncError> {
-        Runc::resume(self, id).await
-    }
-    async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<(), RuncError> {
-        Runc::update(self, id, resources_json).await
-    }
-    async fn ps(&self, id: &str) -> Result<Vec<u32>, RuncError> {
-        Runc::ps(self, id).await
-    }
 }
 
 /// Makes the delegate of one container from its settings and bundle.

@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 
 use tokio::io::AsyncReadExt;
 
+use crate::delegate::Delegate;
 use crate::reaper;
 
 /// How to call runc for one container.
@@ -161,19 +162,13 @@ impl Runc {
         })
     }
 
-    /// Runs runc with `args`; returns stdout. `io` replaces the default null/piped stdio; `input`
-    /// is written to stdin.
+    /// Runs the delegate with `args`; returns stdout. `io` replaces the default stdio (null
+    /// stdin, piped stdout and stderr).
     #[tracing::instrument(name = "runc", level = "debug", skip_all, fields(op = args.first().copied().unwrap_or_default(), arg = args.last().copied().unwrap_or_default()))]
-    async fn run(
-        &self,
-        args: &[&str],
-        io: Option<RuncIo>,
-        input: Option<Vec<u8>>,
-    ) -> Result<Vec<u8>, RuncError> {
+    async fn run(&self, args: &[&str], io: Option<RuncIo>) -> Result<Vec<u8>, RuncError> {
         let from = self.log_len();
         let mut cmd = self.command();
         cmd.args(args);
-        let capture = io.is_none();
         let (out_r, err_r) = match io {
             Some(io) => {
                 cmd.stdin(to_stdio(io.stdin))
@@ -184,29 +179,15 @@ impl Runc {
             None => {
                 let (or, ow) = pipe()?;
                 let (er, ew) = pipe()?;
-                cmd.stdout(Stdio::from(ow)).stderr(Stdio::from(ew));
+                cmd.stdin(Stdio::null())
+                    .stdout(Stdio::from(ow))
+                    .stderr(Stdio::from(ew));
                 (Some(or), Some(er))
             }
-        };
-        let stdin_w = if input.is_some() {
-            let (r, w) = pipe()?;
-            cmd.stdin(Stdio::from(r));
-            Some(w)
-        } else {
-            if capture {
-                cmd.stdin(Stdio::null());
-            }
-            None
         };
         let (child, exit) = reaper::spawn(&mut cmd)
             .map_err(|e| RuncError::Spawn(format!("running {}: {e}", self.binary)))?;
         drop(cmd);
-        if let (Some(w), Some(data)) = (stdin_w, input) {
-            let mut w = tokio::net::unix::pipe::Sender::from_owned_fd(w)
-                .map_err(|e| RuncError::Spawn(format!("{} stdin: {e}", self.name())))?;
-            use tokio::io::AsyncWriteExt;
-            let _ = w.write_all(&data).await;
-        }
         let (stdout, stderr) = tokio::join!(read_all(out_r), read_all(err_r));
         let code = reaper::wait(exit).await;
         drop(child);
@@ -245,8 +226,17 @@ impl Runc {
         Err(RuncError::classify(&format!("{} delete", self.name()), msg))
     }
 
+    /// `runc features` (JSON), for `-info`.
+    pub async fn features(&self) -> Result<Vec<u8>, RuncError> {
+        self.run(&["features"], None).await
+    }
+}
+
+/// runc's command line (crun speaks the same one).
+#[async_trait::async_trait]
+impl Delegate for Runc {
     /// `runc create`.
-    pub async fn create(
+    async fn create(
         &self,
         id: &str,
         bundle: &Path,
@@ -268,11 +258,11 @@ impl Runc {
             args.push("--no-new-keyring");
         }
         args.push(id);
-        self.run(&args, Some(io), None).await.map(drop)
+        self.run(&args, Some(io)).await.map(drop)
     }
 
     /// `runc exec --detach`.
-    pub async fn exec(
+    async fn exec(
         &self,
         id: &str,
         process: &Path,
@@ -295,72 +285,63 @@ impl Runc {
             args.extend(["--console-socket", &console]);
         }
         args.push(id);
-        self.run(&args, Some(io), None).await.map(drop)
+        self.run(&args, Some(io)).await.map(drop)
     }
 
     /// `runc start`.
-    pub async fn start(&self, id: &str) -> Result<(), RuncError> {
-        self.run(&["start", id], None, None).await.map(drop)
+    async fn start(&self, id: &str) -> Result<(), RuncError> {
+        self.run(&["start", id], None).await.map(drop)
     }
 
     /// `runc kill [--all]`.
-    pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), RuncError> {
+    async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), RuncError> {
         let sig = signal.to_string();
         let mut args = vec!["kill"];
         if all {
             args.push("--all");
         }
         args.extend([id, &sig]);
-        self.run(&args, None, None).await.map(drop)
+        self.run(&args, None).await.map(drop)
     }
 
     /// `runc delete [--force]`.
-    pub async fn delete(&self, id: &str, force: bool) -> Result<(), RuncError> {
+    async fn delete(&self, id: &str, force: bool) -> Result<(), RuncError> {
         let mut args = vec!["delete"];
         if force {
             args.push("--force");
         }
         args.push(id);
-        self.run(&args, None, None).await.map(drop)
+        self.run(&args, None).await.map(drop)
     }
 
     /// `runc pause`.
-    pub async fn pause(&self, id: &str) -> Result<(), RuncError> {
-        self.run(&["pause", id], None, None).await.map(drop)
+    async fn pause(&self, id: &str) -> Result<(), RuncError> {
+        self.run(&["pause", id], None).await.map(drop)
     }
 
     /// `runc resume`.
-    pub async fn resume(&self, id: &str) -> Result<(), RuncError> {
-        self.run(&["resume", id], None, None).await.map(drop)
+    async fn resume(&self, id: &str) -> Result<(), RuncError> {
+        self.run(&["resume", id], None).await.map(drop)
     }
 
     /// `runc update --resources -` with JSON `LinuxResources`.
-    pub async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<(), RuncError> {
+    async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<(), RuncError> {
         // A file, not stdin: runc and crun both read `--resources FILE`, not both read `-`.
         let file = self.log.with_file_name("update-resources.json");
         std::fs::write(&file, &resources_json)
             .map_err(|e| RuncError::Spawn(format!("writing {}: {e}", file.display())))?;
         let path = file.display().to_string();
-        let res = self
-            .run(&["update", "--resources", &path, id], None, None)
-            .await;
+        let res = self.run(&["update", "--resources", &path, id], None).await;
         let _ = std::fs::remove_file(&file);
         res.map(drop)
     }
 
     /// `runc ps --format json`; runc prints `null` for an empty list.
-    pub async fn ps(&self, id: &str) -> Result<Vec<u32>, RuncError> {
-        let out = self
-            .run(&["ps", "--format", "json", id], None, None)
-            .await?;
+    async fn ps(&self, id: &str) -> Result<Vec<u32>, RuncError> {
+        let out = self.run(&["ps", "--format", "json", id], None).await?;
         let pids: Option<Vec<u32>> = serde_json::from_slice(&out)
             .map_err(|e| RuncError::Spawn(format!("{} ps output: {e}", self.name())))?;
         Ok(pids.unwrap_or_default())
-    }
-
-    /// `runc features` (JSON), for `-info`.
-    pub async fn features(&self) -> Result<Vec<u8>, RuncError> {
-        self.run(&["features"], None, None).await
     }
 }
 

@@ -1,9 +1,7 @@
 //! Looking and reading inside the root: existence, host paths, listings, and bounded reads of
 //! regular files only, never following the image's symlinks.
 
-use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 
 use super::error::kind_of;
 use super::sys::{fstat, openat2, shown, STRICT};
@@ -140,17 +138,9 @@ impl Root {
                 limit,
             });
         }
-        // Reopen the very inode the O_PATH descriptor holds: no second lookup the image could race.
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(format!("/proc/self/fd/{}", pfd.as_raw_fd()))
+        let out = crate::hostfile::read_reopened(&pfd, size, limit)
             .map_err(|e| InRootError::io(&name, e))?;
-        let mut out = Vec::with_capacity(size as usize);
-        // The file may grow after the fstat; never read past the bound.
-        f.take(limit.saturating_add(1))
-            .read_to_end(&mut out)
-            .map_err(|e| InRootError::io(&name, e))?;
+        // The file may have grown after the fstat.
         if out.len() as u64 > limit {
             return Err(InRootError::TooLarge {
                 path: name,
