@@ -134,6 +134,17 @@ pub struct Library {
     pub is_32bit: bool,
 }
 
+impl Library {
+    /// Its loader-cache flags (ELF class and architecture).
+    pub fn cache_flags(&self) -> i32 {
+        if self.is_32bit {
+            crate::ldcache::FLAGS_LIB32
+        } else {
+            crate::ldcache::FLAGS_LIB64
+        }
+    }
+}
+
 /// A utility binary on the host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Binary {

@@ -142,7 +142,19 @@ impl Injector {
     /// where only the loader cache is written (in-root, refusing symlinks).
     /// Returns `None` when the container asked for nothing (or is a pod sandbox).
     pub fn prepare(&self, spec: &mut Spec, rootfs: &Path) -> Result<Option<Injected>, GpuError> {
-        let Some(req) = request::parse(spec, &self.config.gpu)? else {
+        let req = request::parse(spec, &self.config.gpu)?;
+        self.prepare_parsed(req, spec, rootfs)
+    }
+
+    /// [`Injector::prepare`] for a request the caller already parsed from `spec` (the shim parses
+    /// it on its serving thread to decide whether any GPU work is needed at all).
+    pub fn prepare_parsed(
+        &self,
+        req: Option<request::Request>,
+        spec: &mut Spec,
+        rootfs: &Path,
+    ) -> Result<Option<Injected>, GpuError> {
+        let Some(req) = req else {
             if request::has_nvidia_devices(spec) {
                 return self.prepare_mounted(spec, rootfs).map(Some);
             }

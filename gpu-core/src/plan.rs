@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::error::GpuError;
 use crate::inventory::{Capability, DeviceNode, Gpu, Inventory, MigDevice};
-use crate::ldcache::{self, Entry};
+use crate::ldcache::Entry;
 use crate::request::{Devices, Request};
 use crate::require;
 
@@ -332,11 +332,7 @@ pub fn plan_for_mounted_libraries(mounts: &[(PathBuf, String)], inv: &Inventory)
         let Some((dir, file)) = dest.rsplit_once('/') else {
             continue;
         };
-        let flags = if lib.is_32bit {
-            ldcache::FLAGS_LIB32
-        } else {
-            ldcache::FLAGS_LIB64
-        };
+        let flags = lib.cache_flags();
         let soname = lib.soname.as_deref().unwrap_or(&lib.file_name);
         if file == lib.file_name {
             p.ld_entries.push(Entry::new(flags, soname, dest.clone()));
@@ -433,11 +429,7 @@ pub fn plan(req: &Request, inv: &Inventory, image: &ImageLayout) -> Result<Plan,
         };
         let dest = format!("{}/{}", dir.trim_end_matches('/'), lib.file_name);
         p.add_mount(lib.path.clone(), dest.clone(), &RO_BIND);
-        let flags = if lib.is_32bit {
-            ldcache::FLAGS_LIB32
-        } else {
-            ldcache::FLAGS_LIB64
-        };
+        let flags = lib.cache_flags();
         let mut keys: Vec<String> = lib.soname.iter().cloned().collect();
         if matches!(
             lib.prefix.as_str(),

@@ -93,11 +93,6 @@ pub fn has_nvidia_devices(spec: &Spec) -> bool {
             })
 }
 
-/// Whether the spec carries GPU work for the shim: a request, or devices someone else injected.
-pub fn needs_gpu_stage(spec: &Spec, cfg: &GpuConfig) -> Result<bool, GpuError> {
-    Ok(parse(spec, cfg)?.is_some() || has_nvidia_devices(spec))
-}
-
 /// Whether the spec is a CRI pod sandbox (pause) container.
 pub fn is_sandbox(spec: &Spec) -> bool {
     spec.annotations()

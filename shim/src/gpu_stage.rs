@@ -54,14 +54,15 @@ pub async fn run(
     rootfs: PathBuf,
 ) -> Result<Outcome, ShimError> {
     // Parsing the request is pure and bounded: containers without one never leave this thread.
-    if !gpu_core::request::needs_gpu_stage(&spec, &cfg.gpu)? {
+    let req = gpu_core::request::parse(&spec, &cfg.gpu)?;
+    if req.is_none() && !gpu_core::request::has_nvidia_devices(&spec) {
         return Ok(Outcome::Untouched(spec));
     }
     let limit = Duration::from_millis(cfg.gpu.prepare_timeout_ms);
     let injector = injectors.get(cfg);
     let work = tokio::task::spawn_blocking(move || {
         let mut spec = spec;
-        let injected = injector.prepare(&mut spec, &rootfs)?;
+        let injected = injector.prepare_parsed(req, &mut spec, &rootfs)?;
         Ok::<_, gpu_core::GpuError>((spec, injected))
     });
     match tokio::time::timeout(limit, work).await {
