@@ -5,7 +5,6 @@
 #![warn(missing_docs)]
 
 pub mod cgroup;
-pub mod cli;
 pub mod delegate;
 pub mod delete;
 pub mod errors;

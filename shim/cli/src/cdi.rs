@@ -6,13 +6,27 @@
 //! soname, where the loader's directory search finds them. (containerd-shim-nvidia-v2 itself does
 //! better for env requests: it also writes the container's ld.so.cache.)
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use gpu_core::discover::{Discovery, Host};
 use gpu_core::inventory::{Capability, DeviceNode, Inventory};
 use serde_json::{json, Value};
 
-use super::{load_config, Args, CliError, CliResult};
+use super::{load_config, CliError, CliResult};
+
+/// `cdi` subcommands.
+#[derive(clap::Subcommand)]
+pub enum CdiCommand {
+    /// Write a CDI spec (kind nvidia.com/gpu) for this host's GPUs.
+    Generate {
+        /// Where to write it (atomically); standard output when absent.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// yaml or json; by default from the output's extension, else yaml.
+        #[arg(long, value_parser = ["yaml", "json"])]
+        format: Option<String>,
+    },
+}
 
 fn node(n: &DeviceNode) -> Value {
     json!({"path": n.path, "type": "c", "major": n.major, "minor": n.minor, "fileMode": n.mode, "permissions": "rw"})
@@ -82,13 +96,9 @@ pub fn generate(inv: &Inventory) -> Value {
 }
 
 /// Runs `cdi generate`.
-pub fn run(args: &mut Args) -> CliResult {
-    if args.rest.first().map(String::as_str) != Some("generate") {
-        return Err(CliError::usage("cdi needs the subcommand generate"));
-    }
-    args.rest.remove(0);
-    let output = args.take_value("--output")?.map(PathBuf::from);
-    let format = args.take_value("--format")?.unwrap_or_else(|| {
+pub fn run(config: Option<&Path>, cmd: CdiCommand) -> CliResult {
+    let CdiCommand::Generate { output, format } = cmd;
+    let format = format.unwrap_or_else(|| {
         match output
             .as_ref()
             .and_then(|o| o.extension())
@@ -98,8 +108,7 @@ pub fn run(args: &mut Args) -> CliResult {
             _ => "yaml".into(),
         }
     });
-    args.done()?;
-    let (cfg, _) = load_config(args.config.as_ref())?;
+    let (cfg, _) = load_config(config)?;
     let inv = Host::new(cfg.driver.clone())
         .inventory()
         .map_err(|e| CliError::failed(e.to_string()))?;

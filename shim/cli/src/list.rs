@@ -4,7 +4,24 @@ use gpu_core::plan::ImageLayout;
 use gpu_core::{Injector, Plan};
 use serde_json::json;
 
-use super::{load_config, Args, CliError, CliResult};
+use std::path::Path;
+
+use super::{load_config, CliError, CliResult};
+
+/// `list` options: the request, as a container would carry it.
+#[derive(clap::Args)]
+pub struct ListArgs {
+    /// A container environment variable (repeatable); NVIDIA_VISIBLE_DEVICES=all when none
+    /// and no annotation is given.
+    #[arg(long, value_name = "K=V")]
+    env: Vec<String>,
+    /// A container annotation (repeatable), e.g. cdi.k8s.io/x=nvidia.com/gpu=0.
+    #[arg(long, value_name = "K=V")]
+    annotation: Vec<String>,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    json: bool,
+}
 
 fn spec_for(env: &[String], annotations: &[String]) -> Result<oci_spec::runtime::Spec, CliError> {
     let mut ann = serde_json::Map::new();
@@ -42,15 +59,16 @@ pub fn to_json(p: &Plan) -> serde_json::Value {
 }
 
 /// Runs `list`.
-pub fn run(args: &mut Args) -> CliResult {
-    let json = args.take_flag("--json");
-    let mut env = args.take_values("--env")?;
-    let annotations = args.take_values("--annotation")?;
-    args.done()?;
+pub fn run(config: Option<&Path>, args: ListArgs) -> CliResult {
+    let ListArgs {
+        mut env,
+        annotation: annotations,
+        json,
+    } = args;
     if !env.iter().any(|e| e.starts_with("NVIDIA_VISIBLE_DEVICES=")) && annotations.is_empty() {
         env.push("NVIDIA_VISIBLE_DEVICES=all".into());
     }
-    let (cfg, _) = load_config(args.config.as_ref())?;
+    let (cfg, _) = load_config(config)?;
     let injector = Injector::new(cfg);
     let layout = ImageLayout {
         libdir: format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH),

@@ -3,7 +3,20 @@
 use gpu_core::discover::{Discovery, Host};
 use gpu_core::Inventory;
 
-use super::{load_config, Args, CliError, CliResult};
+use std::path::Path;
+
+use super::{load_config, CliError, CliResult};
+
+/// `info` options.
+#[derive(clap::Args)]
+pub struct InfoArgs {
+    /// Print the inventory as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Discover again instead of using the cached inventory.
+    #[arg(long)]
+    refresh: bool,
+}
 
 /// Human-readable inventory.
 pub fn render(inv: &Inventory) -> String {
@@ -49,11 +62,9 @@ pub fn render(inv: &Inventory) -> String {
 }
 
 /// Runs `info`.
-pub fn run(args: &mut Args) -> CliResult {
-    let json = args.take_flag("--json");
-    let refresh = args.take_flag("--refresh");
-    args.done()?;
-    let (cfg, _) = load_config(args.config.as_ref())?;
+pub fn run(config: Option<&Path>, args: InfoArgs) -> CliResult {
+    let InfoArgs { json, refresh } = args;
+    let (cfg, _) = load_config(config)?;
     let host = Host::new(cfg.driver.clone());
     let inv = if refresh {
         std::sync::Arc::new(

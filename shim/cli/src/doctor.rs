@@ -8,7 +8,21 @@ use gpu_core::inventory::DeviceNode;
 use serde_json::json;
 
 use super::configure::{DEFAULT_CONTAINERD_CONFIG, RUNTIME_NAME, RUNTIME_TYPE};
-use super::{load_config, Args, CliError, CliResult};
+use super::{load_config, CliError, CliResult};
+
+/// `doctor` options.
+#[derive(clap::Args)]
+pub struct DoctorArgs {
+    /// Create the /dev/char links that systemd-managed device cgroups need.
+    #[arg(long)]
+    fix: bool,
+    /// Print the checks as JSON.
+    #[arg(long)]
+    json: bool,
+    /// containerd's config file.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTAINERD_CONFIG)]
+    containerd_config: PathBuf,
+}
 
 struct Check {
     name: String,
@@ -76,16 +90,14 @@ fn delegate_check(binary: &str, found: Option<&Path>, v2: bool) -> Check {
 }
 
 /// Runs `doctor`.
-pub fn run(args: &mut Args) -> CliResult {
-    let fix = args.take_flag("--fix");
-    let json_out = args.take_flag("--json");
-    let containerd_config = PathBuf::from(
-        args.take_value("--containerd-config")?
-            .unwrap_or_else(|| DEFAULT_CONTAINERD_CONFIG.into()),
-    );
-    args.done()?;
+pub fn run(config: Option<&Path>, args: DoctorArgs) -> CliResult {
+    let DoctorArgs {
+        fix,
+        json: json_out,
+        containerd_config,
+    } = args;
     let mut checks = Vec::new();
-    let (cfg, source) = load_config(args.config.as_ref())?;
+    let (cfg, source) = load_config(config)?;
     checks.push(Check {
         name: "shim config".into(),
         ok: true,

@@ -6,7 +6,39 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{value, Array, DocumentMut, Item, Table};
 
-use super::{Args, CliError, CliResult};
+use super::{CliError, CliResult};
+
+/// `containerd` subcommands.
+#[derive(clap::Subcommand)]
+pub enum ContainerdCommand {
+    /// Add (or update) the `nvidia` runtime; keeps a backup of the previous file.
+    Configure {
+        #[command(flatten)]
+        common: Common,
+        /// The shim config the runtime's ConfigPath option names.
+        #[arg(long, value_name = "FILE", default_value = gpu_core::config::DEFAULT_CONFIG_PATH)]
+        shim_config: String,
+        /// Also make `nvidia` containerd's default runtime.
+        #[arg(long)]
+        set_default: bool,
+    },
+    /// Remove the `nvidia` runtime (and a default pointing at it).
+    Unconfigure {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// Options of both `containerd` subcommands.
+#[derive(clap::Args)]
+pub struct Common {
+    /// containerd's config file.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTAINERD_CONFIG)]
+    config: PathBuf,
+    /// Print the resulting file instead of writing it.
+    #[arg(long)]
+    dry_run: bool,
+}
 
 /// containerd's default config file.
 pub const DEFAULT_CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
@@ -143,32 +175,27 @@ fn save(path: &Path, text: &str) -> Result<PathBuf, CliError> {
 }
 
 /// Runs `containerd configure|unconfigure`.
-pub fn run(args: &mut Args) -> CliResult {
-    if args.rest.is_empty() {
-        return Err(CliError::usage("containerd needs configure or unconfigure"));
-    }
-    let sub = args.rest.remove(0);
-    let path = PathBuf::from(
-        args.take_value("--config")?
-            .unwrap_or_else(|| DEFAULT_CONTAINERD_CONFIG.into()),
-    );
-    let shim_config = args
-        .take_value("--shim-config")?
-        .unwrap_or_else(|| gpu_core::config::DEFAULT_CONFIG_PATH.into());
-    let dry_run = args.take_flag("--dry-run");
-    let set_default = sub == "configure" && args.take_flag("--set-default");
-    args.done()?;
-    let mut doc = load(&path)?;
-    let changed = match sub.as_str() {
-        "configure" => add_runtime(&mut doc, &shim_config, set_default)?,
-        "unconfigure" => remove_runtime(&mut doc)?,
-        other => {
-            return Err(CliError::usage(format!(
-                "unknown containerd subcommand {other:?} (expected configure or unconfigure)"
-            )))
-        }
+pub fn run(cmd: ContainerdCommand) -> CliResult {
+    let (
+        sub,
+        Common {
+            config: path,
+            dry_run,
+        },
+    ) = match &cmd {
+        ContainerdCommand::Configure { common, .. } => ("configure", common),
+        ContainerdCommand::Unconfigure { common } => ("unconfigure", common),
     };
-    if dry_run {
+    let mut doc = load(path)?;
+    let changed = match &cmd {
+        ContainerdCommand::Configure {
+            shim_config,
+            set_default,
+            ..
+        } => add_runtime(&mut doc, shim_config, *set_default)?,
+        ContainerdCommand::Unconfigure { .. } => remove_runtime(&mut doc)?,
+    };
+    if *dry_run {
         print!("{doc}");
         return Ok(());
     }
@@ -176,7 +203,7 @@ pub fn run(args: &mut Args) -> CliResult {
         println!("{}: already {sub}d; nothing written", path.display());
         return Ok(());
     }
-    let backup = save(&path, &doc.to_string())?;
+    let backup = save(path, &doc.to_string())?;
     println!(
         "{}: {sub}d runtime {RUNTIME_NAME:?} (config version {}); previous file kept as {}; restart containerd to apply",
         path.display(),
