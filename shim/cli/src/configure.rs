@@ -48,7 +48,7 @@ pub const RUNTIME_NAME: &str = "nvidia";
 pub const RUNTIME_TYPE: &str = "io.containerd.nvidia.v2";
 
 /// The CRI plugin's key for a config version.
-fn cri_plugin(version: i64) -> Result<&'static str, CliError> {
+pub fn cri_plugin(version: i64) -> Result<&'static str, CliError> {
     match version {
         2 => Ok("io.containerd.grpc.v1.cri"),
         3 => Ok("io.containerd.cri.v1.runtime"),
@@ -80,6 +80,7 @@ pub fn config_version(doc: &DocumentMut) -> i64 {
 pub fn add_runtime(
     doc: &mut DocumentMut,
     shim_config: &str,
+    runtime_path: Option<&str>,
     set_default: bool,
 ) -> Result<bool, CliError> {
     let before = doc.to_string();
@@ -94,6 +95,9 @@ pub fn add_runtime(
     let rt = table(runtimes, RUNTIME_NAME);
     rt.set_implicit(false);
     rt["runtime_type"] = value(RUNTIME_TYPE);
+    if let Some(p) = runtime_path {
+        rt["runtime_path"] = value(p);
+    }
     let mut ann = Array::new();
     ann.push("cdi.k8s.io/*");
     rt["container_annotations"] = value(ann);
@@ -192,7 +196,7 @@ pub fn run(cmd: ContainerdCommand) -> CliResult {
             shim_config,
             set_default,
             ..
-        } => add_runtime(&mut doc, shim_config, *set_default)?,
+        } => add_runtime(&mut doc, shim_config, None, *set_default)?,
         ContainerdCommand::Unconfigure { .. } => remove_runtime(&mut doc)?,
     };
     if *dry_run {
@@ -222,7 +226,7 @@ mod tests {
     #[test]
     fn configure_keeps_everything_else_and_is_idempotent() {
         let mut doc: DocumentMut = V2.parse().unwrap();
-        assert!(add_runtime(&mut doc, "/etc/nvidia-shim/config.toml", false).unwrap());
+        assert!(add_runtime(&mut doc, "/etc/nvidia-shim/config.toml", None, false).unwrap());
         let text = doc.to_string();
         assert!(text.starts_with("# my containerd\n"), "{text}");
         assert!(
@@ -239,8 +243,8 @@ mod tests {
         );
         assert!(text.contains("default_runtime_name = \"runc\""));
         let mut again: DocumentMut = text.parse().unwrap();
-        assert!(!add_runtime(&mut again, "/etc/nvidia-shim/config.toml", false).unwrap());
-        assert!(add_runtime(&mut again, "/etc/nvidia-shim/config.toml", true).unwrap());
+        assert!(!add_runtime(&mut again, "/etc/nvidia-shim/config.toml", None, false).unwrap());
+        assert!(add_runtime(&mut again, "/etc/nvidia-shim/config.toml", None, true).unwrap());
         assert!(again
             .to_string()
             .contains("default_runtime_name = \"nvidia\""));
@@ -257,14 +261,14 @@ mod tests {
     #[test]
     fn version_3_uses_the_cri_runtime_plugin() {
         let mut doc: DocumentMut = "version = 3\n".parse().unwrap();
-        add_runtime(&mut doc, "/x.toml", true).unwrap();
+        add_runtime(&mut doc, "/x.toml", None, true).unwrap();
         let t = doc.to_string();
         assert!(
             t.contains("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.nvidia]"),
             "{t}"
         );
         let mut v1: DocumentMut = "[plugins.cri]\n".parse().unwrap();
-        let err = add_runtime(&mut v1, "/x", false).unwrap_err();
+        let err = add_runtime(&mut v1, "/x", None, false).unwrap_err();
         assert!(err.message.contains("version 1"), "{}", err.message);
     }
 }

@@ -8,6 +8,7 @@ mod cdi;
 mod configure;
 mod doctor;
 mod info;
+mod install;
 mod list;
 
 use std::path::{Path, PathBuf};
@@ -77,6 +78,11 @@ enum Command {
     Containerd(configure::ContainerdCommand),
     /// Check the host end to end and say how to fix what is wrong.
     Doctor(doctor::DoctorArgs),
+    /// Install on this node: binaries, shim config, CDI spec, containerd config (restarted
+    /// only if it changed). The DaemonSet's entrypoint.
+    Install(install::InstallArgs),
+    /// Take off what install added and restore containerd's config.
+    Uninstall(install::UninstallArgs),
 }
 
 /// Loads the shim config the way the shim does, with `--config` in place of ConfigPath.
@@ -96,6 +102,8 @@ fn main() {
         Command::Cdi(c) => cdi::run(config, c),
         Command::Containerd(c) => configure::run(c),
         Command::Doctor(a) => doctor::run(config, a),
+        Command::Install(a) => install::install(a),
+        Command::Uninstall(a) => install::uninstall(a),
     };
     if let Err(e) = r {
         eprintln!("nvidia-shim: {}", e.message);
