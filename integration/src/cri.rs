@@ -34,7 +34,7 @@ pub struct Cri {
 /// `shim_config`.
 fn cri_config(
     version: Version,
-    shim_config: &str,
+    shim_config: Option<&str>,
     cdi_dir: &Path,
     cni_dir: &Path,
 ) -> Result<String> {
@@ -86,6 +86,9 @@ fn cri_config(
             ),
         )
     };
+    let Some(shim_config) = shim_config else {
+        return Ok(base);
+    };
     let snippet = std::fs::read_to_string(&snippet)
         .with_context(|| format!("reading {}", snippet.display()))?;
     let runtime: String = snippet
@@ -129,11 +132,29 @@ impl Cri {
     /// Starts containerd `version` with CRI on; our shim reads `shim_config`, CDI specs live in
     /// `cdi_dir`. The busybox and pause images are imported.
     pub fn start(version: Version, shim_config: &str, cdi_dir: &Path) -> Result<Self> {
+        Self::start_opts(version, Some(shim_config), cdi_dir, None)
+    }
+
+    /// A node before installation: CRI with only the `runc` runtime, its config written to
+    /// `config` (where an installer will edit it), CDI specs read from `cdi_dir`.
+    pub fn start_node(version: Version, config: &Path, cdi_dir: &Path) -> Result<Self> {
+        Self::start_opts(version, None, cdi_dir, Some(config))
+    }
+
+    fn start_opts(
+        version: Version,
+        shim_config: Option<&str>,
+        cdi_dir: &Path,
+        config: Option<&Path>,
+    ) -> Result<Self> {
         let cni = tempfile::Builder::new()
             .prefix("nvcni-")
             .tempdir_in("/tmp")?;
         let cfg = cri_config(version, shim_config, cdi_dir, cni.path())?;
-        let c = Containerd::start_cri(version, &cfg)?;
+        let c = match config {
+            Some(p) => Containerd::start_cri_at(version, &cfg, p)?,
+            None => Containerd::start_cri(version, &cfg)?,
+        };
         image::import_pause(&c)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -188,6 +209,11 @@ impl Cri {
     /// Restarts containerd (pods and containers keep running) and reconnects the client.
     pub fn restart_daemon(&mut self) -> Result<()> {
         self.c.restart_daemon()?;
+        self.reconnect()
+    }
+
+    /// Reconnects the client after the daemon was started again, and waits until CRI is ready.
+    pub fn reconnect(&mut self) -> Result<()> {
         self.client = connect(&self.rt, &self.c)?;
         self.wait_ready()
     }

@@ -73,6 +73,16 @@ pub fn pack_with_env(rootfs: &Path, name: &str, work: &Path, env: &[String]) -> 
     pack_image(rootfs, name, work, env, &["sh"])
 }
 
+/// GNU tar options that make an archive depend only on the files' names, content and modes.
+const REPRODUCIBLE: &[&str] = &[
+    "--sort=name",
+    "--mtime=@0",
+    "--owner=0",
+    "--group=0",
+    "--numeric-owner",
+    "--format=gnu",
+];
+
 /// Packs `rootfs` as image `name` whose config has `env` added and `cmd` as its command.
 pub fn pack_image(
     rootfs: &Path,
@@ -85,7 +95,7 @@ pub fn pack_image(
     fs::create_dir_all(layout.join("blobs/sha256"))?;
     let layer = work.join("layer.tar");
     let st = Command::new("tar")
-        .arg("--numeric-owner")
+        .args(REPRODUCIBLE)
         .arg("-C")
         .arg(rootfs)
         .arg("-cf")
@@ -133,6 +143,7 @@ pub fn pack_image(
     )?;
     let archive = work.join("image.tar");
     let st = Command::new("tar")
+        .args(REPRODUCIBLE)
         .arg("-C")
         .arg(&layout)
         .arg("-cf")

@@ -9,6 +9,7 @@
 pub mod cri;
 mod events;
 pub mod image;
+pub mod installer;
 mod procs;
 mod version;
 
@@ -52,6 +53,8 @@ pub struct Containerd {
     extra_path: Vec<PathBuf>,
     /// Directory of a non-default containerd + ctr.
     tools: Option<PathBuf>,
+    /// The config file the daemon reads.
+    config: PathBuf,
     version: Version,
 }
 
@@ -71,22 +74,32 @@ impl Containerd {
     /// Starts containerd of `version` (Debian's bookworm package, or the trixie/sid ones extracted
     /// by `just setup` into `.cache/`).
     pub fn start_version(version: Version) -> Result<Self> {
-        Self::start_opts(version.tools()?.as_slice(), None)
+        Self::start_opts(version.tools()?.as_slice(), None, None)
     }
 
     /// Like [`Containerd::start`], with directories holding another containerd and ctr (and
     /// their runc shim) ahead on PATH.
     pub fn start_with(extra_path: &[PathBuf]) -> Result<Self> {
-        Self::start_opts(extra_path, None)
+        Self::start_opts(extra_path, None, None)
     }
 
     /// Starts containerd with its CRI plugin on, configured by `cri` (a TOML fragment in the
     /// daemon's config version, appended to the base config), in namespace `k8s.io`.
     pub fn start_cri(version: Version, cri: &str) -> Result<Self> {
-        Self::start_opts(version.tools()?.as_slice(), Some(cri))
+        Self::start_opts(version.tools()?.as_slice(), Some(cri), None)
     }
 
-    fn start_opts(extra_path: &[PathBuf], cri: Option<&str>) -> Result<Self> {
+    /// Like [`Containerd::start_cri`], with the config written to `config` (a node's
+    /// /etc/containerd/config.toml under a test host root) instead of the daemon's temp dir.
+    pub fn start_cri_at(version: Version, cri: &str, config: &Path) -> Result<Self> {
+        Self::start_opts(version.tools()?.as_slice(), Some(cri), Some(config))
+    }
+
+    fn start_opts(
+        extra_path: &[PathBuf],
+        cri: Option<&str>,
+        config_at: Option<&Path>,
+    ) -> Result<Self> {
         let shim = bin_dir().join(SHIM_BIN);
         if !shim.exists() {
             bail!(
@@ -130,7 +143,10 @@ disabled_plugins = [{disabled}]
             d = dir.path().display(),
             extra = cri.unwrap_or_default(),
         );
-        fs::write(dir.path().join("config.toml"), config)?;
+        let config_path = config_at
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.path().join("config.toml"));
+        fs::write(&config_path, config)?;
         let mut me = Self {
             dir,
             namespace,
@@ -138,6 +154,7 @@ disabled_plugins = [{disabled}]
             ids: Vec::new(),
             extra_path: extra_path.to_vec(),
             tools,
+            config: config_path,
             version,
         };
         me.launch()?;
@@ -179,7 +196,7 @@ disabled_plugins = [{disabled}]
             .open(self.dir.path().join("containerd.log"))?;
         let child = Command::new(self.tool("containerd"))
             .arg("--config")
-            .arg(self.dir.path().join("config.toml"))
+            .arg(&self.config)
             .env("PATH", std::env::join_paths(path)?)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -201,6 +218,25 @@ disabled_plugins = [{disabled}]
             c.wait()?;
         }
         Ok(())
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Acts as the daemon's supervisor (systemd's `Restart=always`) for one restart: waits for
+    /// it to exit (an installer's SIGHUP), then starts it again from its config file.
+    pub fn relaunch_after_exit(&mut self, limit: Duration) -> Result<()> {
+        let Some(mut c) = self.child.take() else {
+            bail!("containerd is not running");
+        };
+        if let Err(e) = wait_pid_gone(c.id() as i32, limit) {
+            self.child = Some(c);
+            return Err(e.context("containerd was not stopped"));
+        }
+        c.wait()?;
+        self.launch()
     }
 
     /// Starts containerd again on the same root and state.
@@ -228,7 +264,8 @@ disabled_plugins = [{disabled}]
         )
     }
 
-    fn ctr_cmd(&self, args: &[&str]) -> Command {
+    /// A `ctr` command against this daemon (address and namespace set), to run as the caller likes.
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
         let mut c = Command::new("timeout");
         c.arg("120")
             .arg(self.tool("ctr"))
@@ -242,14 +279,14 @@ disabled_plugins = [{disabled}]
 
     /// Runs `ctr` with these arguments.
     pub fn ctr(&self, args: &[&str]) -> Result<Output> {
-        Ok(self.ctr_cmd(args).stdin(Stdio::null()).output()?)
+        Ok(self.ctr_command(args).stdin(Stdio::null()).output()?)
     }
 
     /// Runs `ctr`, feeding `input` on stdin.
     pub fn ctr_stdin(&self, args: &[&str], input: &[u8]) -> Result<Output> {
         use std::io::Write;
         let mut child = self
-            .ctr_cmd(args)
+            .ctr_command(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -331,7 +368,7 @@ disabled_plugins = [{disabled}]
         args.push(id);
         args.extend_from_slice(cmd);
         Ok(self
-            .ctr_cmd(&args)
+            .ctr_command(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -407,7 +444,7 @@ disabled_plugins = [{disabled}]
     /// Starts `ctr events` and returns a receiver of its lines.
     pub fn events(&self) -> Result<Events> {
         let mut child = self
-            .ctr_cmd(&["events"])
+            .ctr_command(&["events"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

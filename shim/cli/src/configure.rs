@@ -83,6 +83,18 @@ pub fn add_runtime(
     runtime_path: Option<&str>,
     set_default: bool,
 ) -> Result<bool, CliError> {
+    add_runtime_as(doc, RUNTIME_TYPE, shim_config, runtime_path, set_default)
+}
+
+/// Like [`add_runtime`], with `runtime_type` in place of ours (an absolute binary path works as
+/// a type on containerd 1.6 and 1.7).
+pub fn add_runtime_as(
+    doc: &mut DocumentMut,
+    runtime_type: &str,
+    shim_config: &str,
+    runtime_path: Option<&str>,
+    set_default: bool,
+) -> Result<bool, CliError> {
     let before = doc.to_string();
     let plugin = cri_plugin(config_version(doc))?;
     let plugins = table(doc.as_table_mut(), "plugins");
@@ -94,7 +106,7 @@ pub fn add_runtime(
     let runtimes = table(ctd, "runtimes");
     let rt = table(runtimes, RUNTIME_NAME);
     rt.set_implicit(false);
-    rt["runtime_type"] = value(RUNTIME_TYPE);
+    rt["runtime_type"] = value(runtime_type);
     if let Some(p) = runtime_path {
         rt["runtime_path"] = value(p);
     }

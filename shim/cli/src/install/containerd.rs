@@ -8,15 +8,15 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{Array, DocumentMut, Value};
 
-use crate::configure::{add_runtime, config_version, cri_plugin, remove_runtime};
+use crate::configure::{add_runtime, add_runtime_as, config_version, cri_plugin, remove_runtime};
 use crate::CliError;
 
 /// The runtime entry install adds.
-pub struct Runtime<'a> {
+pub struct Runtime {
     /// The shim config (host path) the runtime's ConfigPath names.
-    pub shim_config: &'a str,
+    pub shim_config: String,
     /// The installed shim binary (host path), as `runtime_path`.
-    pub runtime_path: &'a str,
+    pub runtime_path: String,
     /// Make it the default runtime.
     pub set_default: bool,
 }
@@ -68,10 +68,13 @@ pub fn plan(
     cri_plugin(version)
         .map_err(|e| CliError::failed(format!("{}: {}", main.display(), e.message)))?;
     if version == 2 {
-        add_runtime(
+        // containerd 1.6 parses runtime_path but never uses it; an absolute runtime_type names
+        // the binary on 1.6 and 1.7 alike.
+        add_runtime_as(
             &mut doc,
-            rt.shim_config,
-            Some(rt.runtime_path),
+            &rt.runtime_path,
+            &rt.shim_config,
+            Some(&rt.runtime_path),
             rt.set_default,
         )?;
         return Ok(Edit {
@@ -106,8 +109,8 @@ pub fn plan(
     let mut drop = parse("version = 3\n", Path::new(DROP_IN_NAME))?;
     add_runtime(
         &mut drop,
-        rt.shim_config,
-        Some(rt.runtime_path),
+        &rt.shim_config,
+        Some(&rt.runtime_path),
         rt.set_default,
     )?;
     Ok(Edit {
@@ -144,16 +147,18 @@ pub fn strip(
 mod tests {
     use super::*;
 
-    const RT: Runtime = Runtime {
-        shim_config: "/etc/nvidia-shim/config.toml",
-        runtime_path: "/usr/local/nvidia-shim/bin/containerd-shim-nvidia-v2",
-        set_default: false,
-    };
+    fn rt() -> Runtime {
+        Runtime {
+            shim_config: "/etc/nvidia-shim/config.toml".into(),
+            runtime_path: "/usr/local/nvidia-shim/bin/containerd-shim-nvidia-v2".into(),
+            set_default: false,
+        }
+    }
 
     #[test]
     fn version_2_is_edited_in_place() {
         let main = Path::new("/etc/containerd/config.toml");
-        let e = plan(main, Some("version = 2\n# keep me\n"), &RT, None).unwrap();
+        let e = plan(main, Some("version = 2\n# keep me\n"), &rt(), None).unwrap();
         assert_eq!(e.version, 2);
         assert!(e.drop_in.is_none() && e.import_added.is_none());
         assert!(e.main.contains("# keep me"), "{}", e.main);
@@ -161,16 +166,16 @@ mod tests {
             .main
             .contains("runtime_path = \"/usr/local/nvidia-shim/bin/containerd-shim-nvidia-v2\""));
         assert!(!e.main.contains("default_runtime_name"), "{}", e.main);
-        let again = plan(main, Some(&e.main), &RT, None).unwrap();
+        let again = plan(main, Some(&e.main), &rt(), None).unwrap();
         assert_eq!(again.main, e.main, "a second plan changes nothing");
-        let missing = plan(main, None, &RT, None).unwrap();
+        let missing = plan(main, None, &rt(), None).unwrap();
         assert!(missing.main.starts_with("version = 2"), "{}", missing.main);
     }
 
     #[test]
     fn version_3_goes_to_a_drop_in_with_imports() {
         let main = Path::new("/etc/containerd/config.toml");
-        let e = plan(main, Some("version = 3\n"), &RT, None).unwrap();
+        let e = plan(main, Some("version = 3\n"), &rt(), None).unwrap();
         let (path, text) = e.drop_in.clone().unwrap();
         assert_eq!(
             path,
@@ -185,7 +190,7 @@ mod tests {
             e.import_added.as_deref(),
             Some("/etc/containerd/conf.d/*.toml")
         );
-        let again = plan(main, Some(&e.main), &RT, None).unwrap();
+        let again = plan(main, Some(&e.main), &rt(), None).unwrap();
         assert_eq!(
             (again.main.as_str(), again.import_added),
             (e.main.as_str(), None)
@@ -198,7 +203,7 @@ mod tests {
         let own = plan(
             main,
             Some("version = 3\nimports = [\"/etc/containerd/d/*.toml\"]\n"),
-            &RT,
+            &rt(),
             None,
         )
         .unwrap();
@@ -212,14 +217,14 @@ mod tests {
     #[test]
     fn bad_configs_are_named_and_left_alone() {
         let main = Path::new("/etc/containerd/config.toml");
-        let e = plan(main, Some("version = 2\n[plugins\n"), &RT, None).unwrap_err();
+        let e = plan(main, Some("version = 2\n[plugins\n"), &rt(), None).unwrap_err();
         assert!(
             e.message
                 .contains("/etc/containerd/config.toml is not valid TOML"),
             "{}",
             e.message
         );
-        let e = plan(main, Some("[plugins.cri]\n"), &RT, None).unwrap_err();
+        let e = plan(main, Some("[plugins.cri]\n"), &rt(), None).unwrap_err();
         assert!(
             e.message.contains("version 1") && e.message.contains("migrate"),
             "{}",

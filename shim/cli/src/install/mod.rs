@@ -280,6 +280,14 @@ fn utf8(b: Option<Vec<u8>>, p: &Path) -> Result<Option<String>, CliError> {
     .transpose()
 }
 
+fn runtime(a: &InstallArgs) -> containerd::Runtime {
+    containerd::Runtime {
+        shim_config: a.shim_config.display().to_string(),
+        runtime_path: a.common.bin_dir.join(SHIM_BIN).display().to_string(),
+        set_default: a.set_default,
+    }
+}
+
 /// Returns whether containerd's config changed.
 fn install_containerd(
     a: &InstallArgs,
@@ -290,14 +298,12 @@ fn install_containerd(
     let main = &a.containerd_config;
     let main_local = root.local(main);
     let current = utf8(read_optional(&main_local)?, main)?;
-    let runtime_path = a.common.bin_dir.join(SHIM_BIN).display().to_string();
-    let shim_config = a.shim_config.display().to_string();
-    let rt = containerd::Runtime {
-        shim_config: &shim_config,
-        runtime_path: &runtime_path,
-        set_default: a.set_default,
-    };
-    let edit = containerd::plan(main, current.as_deref(), &rt, a.drop_in_dir.as_deref())?;
+    let edit = containerd::plan(
+        main,
+        current.as_deref(),
+        &runtime(a),
+        a.drop_in_dir.as_deref(),
+    )?;
     let mut cr = match rec.containerd.take() {
         Some(cr) if Path::new(&cr.main) == main => cr,
         Some(cr) => {
@@ -392,6 +398,15 @@ pub fn install(a: InstallArgs) -> CliResult {
     let root = HostRoot::new(&a.common.host_root);
     let bin_local = root.local(&a.common.bin_dir);
     let mut rec = Record::load(&bin_local)?;
+    // A containerd config this cannot edit fails the install before anything is written.
+    let main = &a.containerd_config;
+    let current = utf8(read_optional(&root.local(main))?, main)?;
+    containerd::plan(
+        main,
+        current.as_deref(),
+        &runtime(&a),
+        a.drop_in_dir.as_deref(),
+    )?;
     install_binaries(&a, &root, &mut rec)?;
     rec.save(&bin_local)?;
     install_shim_config(&a, &root, &mut rec)?;
