@@ -36,18 +36,11 @@ lint:
 # binaries linked against glibc 2.31 (zig from PyPI as the linker) so they run on older GPU node
 # OSes, on a base of only the C library they load. The same binaries give the same archive.
 image: setup
-    PATH="$PWD/.cache/pytools/bin:$PATH" cargo zigbuild -q --release -p containerd-shim-nvidia-v2 -p nvidia-shim --target "$(uname -m)-unknown-linux-gnu.2.31" --target-dir target/zig
-    for b in containerd-shim-nvidia-v2 nvidia-shim; do \
-        f="target/zig/$(uname -m)-unknown-linux-gnu/release/$b"; \
-        need=$(objdump -T "$f" | grep -o 'GLIBC_[0-9.]*' | sort -Vu | tail -1); \
-        printf '%s needs %s\n' "$b" "$need"; \
-        [ "$(printf '%s\nGLIBC_2.31\n' "$need" | sort -V | tail -1)" = GLIBC_2.31 ] || { echo "$b needs more than glibc 2.31"; exit 1; }; \
-    done
-    cargo run -q -p integration --bin installer-image -- "target/zig/$(uname -m)-unknown-linux-gnu/release" target/nvidia-shim-installer.tar
+    cargo run -q -p integration --bin installer-image -- "$(scripts/release.sh)" target/nvidia-shim-installer.tar
 
 # Prepare .gpu-bundle/ (Debian containerd/ctr/runc/Go shim + our release binaries) for a GPU host;
 # there, as root: bash scripts/gpu-acceptance.sh .gpu-bundle OUTDIR  → OUTDIR/report.md
-gpu-acceptance:
+gpu-acceptance: setup
     scripts/gpu-bundle.sh
 
 # Benchmarks (not tests): our shim vs containerd's Go runc shim under one containerd, release

@@ -53,6 +53,17 @@ DELEGATE=${DELEGATE:-runc}
 [ "$DELEGATE" = crun ] && cp "$W/shim-crun.toml" "$W/shim.toml"
 CRUN_OK=0
 if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] && "$W/bin/crun" --version >/dev/null 2>&1; then CRUN_OK=1; fi
+# 0. Installed as on a node: `nvidia-shim install` puts the binaries in $W/node/bin, keeps the
+#    shim config written above, writes the CDI spec and adds the runtime to containerd's config
+#    (version 2, in place). containerd starts from that config with $W/node/bin first on PATH, so
+#    every check below runs the installed shim. A second install must change nothing.
+install_args=(install --source-dir "$W/bin" --bin-dir "$W/node/bin" --shim-config "$W/shim.toml"
+    --containerd-config "$W/containerd.toml" --cdi-spec "$W/cdi/nvidia.yaml" --restart none)
+o_install=$(nvidia-shim "${install_args[@]}" 2>&1); rc_install=$?
+o_again=$(nvidia-shim "${install_args[@]}" 2>&1)
+echo "$o_install" >"$OUT/install.txt"
+echo "$o_again" >>"$OUT/install.txt"
+export PATH="$W/node/bin:$PATH"
 # containerd passes its environment to shims: the shim finds its config through it.
 CTR=(ctr --address "$SOCK" --namespace "$NS")
 start_containerd "$W/containerd.log"
@@ -113,6 +124,21 @@ fi
 log "snapshotter: $SNAP"
 
 run() { "${CTR[@]}" run --rm --snapshotter "$SNAP" --runtime io.containerd.nvidia.v2 "$@"; }
+
+# 0 (cont.). The shim serving a container is the installed binary.
+"${CTR[@]}" run -d --snapshotter "$SNAP" --runtime io.containerd.nvidia.v2 "$IMG" c0 sleep 60 >>"$LOG" 2>&1
+shim_exe=""
+for p in /proc/[0-9]*; do
+    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "-address $SOCK .*-id c0\|-id c0 .*-address $SOCK"; then
+        shim_exe=$(readlink "$p/exe"); break
+    fi
+done
+"${CTR[@]}" task delete -f c0 >>"$LOG" 2>&1
+"${CTR[@]}" container delete c0 >>"$LOG" 2>&1
+if [ $rc_install = 0 ] && [ "$shim_exe" = "$W/node/bin/containerd-shim-nvidia-v2" ] &&
+    echo "$o_again" | grep -q 'binaries: unchanged' && echo "$o_again" | grep -q 'containerd: not restarted (config unchanged)'; then
+    record 0 "installed by nvidia-shim install; the running shim is the installed one" PASS "$(echo "$o_install" | oneline); shim: $shim_exe; again: $(echo "$o_again" | grep -E 'binaries|containerd:' | oneline)"
+else record 0 "installed by nvidia-shim install; the running shim is the installed one" FAIL "rc=$rc_install shim=$shim_exe $(echo "$o_install $o_again" | oneline)"; fi
 gpu_nodes() { grep -oE '/dev/nvidia[0-9]+' | sort -u | oneline; }
 norm_bus() { tr 'A-F' 'a-f' | sed -E 's/^0*([0-9a-f]{4}:)/\1/'; }
 host_uuids=$("$HOST_SMI" -L | grep -oE 'GPU-[0-9a-f-]+' | sort | oneline)
