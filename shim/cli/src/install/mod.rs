@@ -241,9 +241,13 @@ fn install_cdi(a: &InstallArgs, root: &HostRoot, rec: &mut Record) -> CliResult 
         *p = root.local(p);
     }
     d.nvml_library = d.nvml_library.map(|p| root.local(&p));
-    // Discovery here sees host paths under the host root; its cache must not land on the host.
-    d.cache_dir = std::env::temp_dir().join("nvidia-shim-install");
-    let inv = Host::new(d).discover_now().map_err(|e| {
+    // Discovery here sees host paths under the host root; its cache must not land on the host,
+    // nor stay anywhere after this run.
+    let cache = std::env::temp_dir().join(format!("nvidia-shim-install-{}", std::process::id()));
+    d.cache_dir = cache.clone();
+    let found = Host::new(d).discover_now();
+    let _ = fs::remove_dir_all(&cache);
+    let inv = found.map_err(|e| {
         CliError::failed(format!(
             "cdi spec: no driver under {} (driver root from {}): {e}; fix [driver] root there \
              (or --driver-root), or pass --no-cdi",
