@@ -104,6 +104,9 @@ pub struct GpuConfig {
     /// Let a container use its image's CUDA forward-compatibility libraries
     /// (`/usr/local/cuda/compat`) when they are of a newer driver branch than the host's.
     pub cuda_forward_compat: bool,
+    /// Record each GPU container's assignment (GPUs, capabilities, cgroup, pod) in its bundle,
+    /// for `nvidia-shim top` and `metrics`.
+    pub record_assignments: bool,
 }
 
 impl Default for GpuConfig {
@@ -116,6 +119,7 @@ impl Default for GpuConfig {
             cdi_annotation_prefixes: vec!["cdi.k8s.io/".into()],
             prepare_timeout_ms: 30_000,
             cuda_forward_compat: true,
+            record_assignments: true,
         }
     }
 }

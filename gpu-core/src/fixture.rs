@@ -111,6 +111,30 @@ pub fn mig_uuid(i: usize, m: usize) -> String {
     format!("MIG-{i:04x}{m:04x}-aaaa-bbbb-cccc-ddddeeeeffff")
 }
 
+/// The file listing the GPU processes the fake NVML at `nvml` reports.
+pub fn processes_file(nvml: &Path) -> PathBuf {
+    let mut p = nvml.as_os_str().to_owned();
+    p.push(".processes");
+    PathBuf::from(p)
+}
+
+/// A process the fake NVML reports on a GPU.
+#[derive(Clone, Debug)]
+pub struct FakeProcess {
+    /// GPU UUID.
+    pub uuid: String,
+    /// Host PID.
+    pub pid: u32,
+    /// GPU memory used, bytes.
+    pub used_bytes: u64,
+    /// SM utilization, percent.
+    pub sm: u32,
+    /// Memory-controller utilization, percent.
+    pub mem: u32,
+    /// A graphics (rather than compute) context.
+    pub graphics: bool,
+}
+
 /// The file whose number (milliseconds) makes the fake NVML at `nvml` slow to initialise.
 pub fn delay_file(nvml: &Path) -> PathBuf {
     let mut p = nvml.as_os_str().to_owned();
@@ -176,6 +200,7 @@ pub fn build_fake_nvml(out: &Path, gpus: usize, mig: bool) -> io::Result<()> {
     }
     let src = format!(
         r#"#include <string.h>
+#include <sys/time.h>
 #include <stdio.h>
 #include <unistd.h>
 typedef struct dev {{ int is_mig; const char *uuid, *name, *bus; unsigned minor; int brand, ccmaj, ccmin;
@@ -212,9 +237,39 @@ int nvmlDeviceGetMaxMigDeviceCount(dev *d, unsigned *c) {{ *c = d->mig_mode ? 7 
 int nvmlDeviceGetMigDeviceHandleByIndex(dev *d, unsigned i, dev **m) {{ if (i >= d->nmig) return 6; *m = &d->migs[i]; return 0; }}
 int nvmlDeviceGetGpuInstanceId(dev *d, unsigned *id) {{ *id = d->gi; return 0; }}
 int nvmlDeviceGetComputeInstanceId(dev *d, unsigned *id) {{ *id = d->ci; return 0; }}
+/* GPU processes: lines "<uuid> <pid> <bytes> <sm%> <mem%> <c|g>" in <library>.processes. */
+typedef struct {{ unsigned pid; unsigned long long used; unsigned gi, ci; }} procinfo;
+typedef struct {{ unsigned pid; unsigned long long ts; unsigned sm, mem, enc, dec; }} usample;
+static unsigned procs(dev *d, char kind, procinfo *out, usample *smp, unsigned max) {{
+  FILE *f = fopen("{processes}", "r"); unsigned n = 0; char u[128], k; unsigned pid, sm, mem;
+  unsigned long long used; struct timeval tv; gettimeofday(&tv, 0);
+  if (!f) return 0;
+  while (fscanf(f, "%127s %u %llu %u %u %c", u, &pid, &used, &sm, &mem, &k) == 6) {{
+    if (strcmp(u, d->uuid) || (kind && k != kind)) continue;
+    if (out && n < max) {{ out[n].pid = pid; out[n].used = used; out[n].gi = 0xFFFFFFFF; out[n].ci = 0xFFFFFFFF; }}
+    if (smp && n < max) {{ memset(&smp[n], 0, sizeof smp[n]); smp[n].pid = pid; smp[n].sm = sm; smp[n].mem = mem;
+      smp[n].ts = (unsigned long long)tv.tv_sec * 1000000ULL + (unsigned long long)tv.tv_usec; }}
+    n++;
+  }}
+  fclose(f); return n;
+}}
+static int running(dev *d, char kind, unsigned *count, procinfo *p) {{
+  unsigned n = procs(d, kind, 0, 0, 0);
+  if (!p || *count < n) {{ *count = n; return n ? 7 : 0; }}
+  *count = procs(d, kind, p, 0, *count); return 0;
+}}
+int nvmlDeviceGetComputeRunningProcesses_v3(dev *d, unsigned *c, procinfo *p) {{ return running(d, 'c', c, p); }}
+int nvmlDeviceGetGraphicsRunningProcesses_v3(dev *d, unsigned *c, procinfo *p) {{ return running(d, 'g', c, p); }}
+int nvmlDeviceGetProcessUtilization(dev *d, usample *s, unsigned *count, unsigned long long last) {{
+  unsigned n = procs(d, 0, 0, 0, 0); (void)last;
+  if (!n) return 6;
+  if (!s || *count < n) {{ *count = n; return 7; }}
+  *count = procs(d, 0, 0, s, *count); return 0;
+}}
 "#,
         delay = delay_file(out).display(),
-        started = started_file(out).display()
+        started = started_file(out).display(),
+        processes = processes_file(out).display()
     );
     let c = out.with_extension("c");
     std::fs::write(&c, src)?;
@@ -250,6 +305,25 @@ impl FakeHost {
             )?;
         }
         Ok(host)
+    }
+
+    /// Makes the fake NVML report `procs` as the GPUs' running processes.
+    pub fn set_nvml_processes(&self, procs: &[FakeProcess]) -> io::Result<()> {
+        let text: String = procs
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {} {} {} {} {}\n",
+                    p.uuid,
+                    p.pid,
+                    p.used_bytes,
+                    p.sm,
+                    p.mem,
+                    if p.graphics { 'g' } else { 'c' }
+                )
+            })
+            .collect();
+        std::fs::write(processes_file(&self.dir.join("fake-nvml.so")), text)
     }
 
     /// Makes the fake NVML take `ms` milliseconds to initialise (0: no delay); returns the file

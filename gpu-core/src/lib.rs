@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod apply;
+pub mod assignment;
 pub mod cdi;
 pub mod config;
 pub mod discover;
@@ -48,6 +49,9 @@ pub struct Injected {
     /// Things that went differently than asked but did not stop the container (an image cache
     /// that was dropped, a read-only root), worded for the log.
     pub warnings: Vec<String>,
+    /// What the container was given, for the bundle's record (None when the host could not
+    /// be read and nothing was planned).
+    pub assignment: Option<assignment::Assignment>,
 }
 
 /// The shim's handle on gpu-core: configuration plus the discovery seam.
@@ -95,6 +99,7 @@ impl Injector {
                 return Ok(Injected {
                     summary: "NVIDIA devices in the spec; driver libraries left as they are".into(),
                     warnings: vec![e.to_string()],
+                    assignment: None,
                 })
             }
         };
@@ -110,6 +115,17 @@ impl Injector {
                 p.links.len()
             ),
             warnings,
+            assignment: Some(assignment::Assignment {
+                requested_by: "containerd-cdi".into(),
+                devices: assignment::gpu_devices(
+                    spec.linux()
+                        .iter()
+                        .flat_map(|l| l.devices().iter().flatten())
+                        .filter_map(|d| d.path().to_str()),
+                ),
+                pod: assignment::pod_of(spec),
+                ..Default::default()
+            }),
         })
     }
 
@@ -167,9 +183,27 @@ impl Injector {
         apply::apply_to_spec(&p, spec)?;
         let mut warnings = apply::write_links(&p, &root);
         warnings.extend(apply::write_ld_cache(&p, &root)?);
+        let assignment = assignment::Assignment {
+            requested_by: if req.devices.is_some() {
+                req.source
+            } else {
+                "cdi"
+            }
+            .into(),
+            selected: p.selected.clone(),
+            devices: assignment::gpu_devices(p.devices.iter().map(|d| d.path.as_str())),
+            capabilities: req
+                .capabilities
+                .iter()
+                .map(|c| c.name().to_string())
+                .collect(),
+            pod: assignment::pod_of(spec),
+            ..Default::default()
+        };
         Ok(Some(Injected {
             summary: p.summary(),
             warnings,
+            assignment: Some(assignment),
         }))
     }
 }

@@ -20,7 +20,7 @@ pub enum Outcome {
     /// The container asked for no GPU (or is a pod sandbox): the spec is unchanged.
     Untouched(Spec),
     /// The spec now carries the GPU edits.
-    Injected(Spec, Injected),
+    Injected(Spec, Box<Injected>),
 }
 
 /// The shim's injectors, one per distinct configuration, kept for the shim's lifetime: the pod's
@@ -76,7 +76,7 @@ pub async fn run(
             "nvidia: the GPU stage failed: {join}"
         ))),
         Ok(Ok(Err(e))) => Err(e.into()),
-        Ok(Ok(Ok((spec, Some(done))))) => Ok(Outcome::Injected(spec, done)),
+        Ok(Ok(Ok((spec, Some(done))))) => Ok(Outcome::Injected(spec, Box::new(done))),
         Ok(Ok(Ok((spec, None)))) => Ok(Outcome::Untouched(spec)),
     }
 }

@@ -9,6 +9,7 @@
 pub mod files;
 pub mod nvml;
 pub mod procfs;
+pub mod usage;
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};

@@ -4,12 +4,15 @@
 //!
 //! Exit codes: 0 success, 1 the operation failed (or `doctor` found a problem), 2 bad usage.
 
+mod accounting;
 mod cdi;
 mod configure;
 mod doctor;
 mod info;
 mod install;
 mod list;
+mod metrics;
+mod top;
 
 use std::path::{Path, PathBuf};
 
@@ -83,6 +86,10 @@ enum Command {
     Install(install::InstallArgs),
     /// Take off what install added and restore containerd's config.
     Uninstall(install::UninstallArgs),
+    /// Running GPU containers, their pods and GPUs, and their processes' GPU memory and use.
+    Top(top::TopArgs),
+    /// The `top` figures in the Prometheus text format (for a textfile collector).
+    Metrics(metrics::MetricsArgs),
 }
 
 /// Loads the shim config the way the shim does, with `--config` in place of ConfigPath.
@@ -104,6 +111,8 @@ fn main() {
         Command::Doctor(a) => doctor::run(config, a),
         Command::Install(a) => install::install(a),
         Command::Uninstall(a) => install::uninstall(a),
+        Command::Top(a) => top::run(config, a),
+        Command::Metrics(a) => metrics::run(config, a),
     };
     if let Err(e) = r {
         eprintln!("nvidia-shim: {}", e.message);

@@ -2,6 +2,7 @@
 //! cgroup and OOM watcher) and the start of an exec.
 
 use super::*;
+use gpu_core::assignment::Assignment;
 use gpu_core::ShimConfig;
 
 impl Service {
@@ -15,7 +16,8 @@ impl Service {
         let runc = (self.delegates)(&settings, &bundle);
         // From here on every failure unmounts what was mounted, when the guard drops.
         let rootfs = RootfsGuard::mount(&bundle, &req.rootfs)?;
-        let spec = self.gpu_stage(&req.id, cfg, spec, &bundle).await?;
+        let record = cfg.gpu.record_assignments;
+        let (spec, assignment) = self.gpu_stage(&req.id, cfg, spec, &bundle).await?;
         let uris = StdioUris {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -25,6 +27,9 @@ impl Service {
         let (pid, pio) =
             create_stage(&req.id, &*runc, &bundle, &settings, &uris, &self.namespace).await?;
         let cgroup = crate::cgroup::of_pid(pid);
+        if let Some(a) = assignment.filter(|_| record) {
+            self.record_stage(&req.id, a, pid, &bundle);
+        }
         let (oom, ooms_reported) = self.oom_stage(&req.id, cgroup.as_ref());
         let mut init = Process::new("", uris);
         init.pid = pid;
@@ -83,14 +88,29 @@ impl Service {
         Ok((cfg, settings, spec))
     }
 
+    /// Records what a GPU container was given in its bundle (`nvidia-shim top` reads it). A
+    /// record that cannot be written costs the container nothing but a warning.
+    #[tracing::instrument(name = "record", level = "debug", skip_all)]
+    fn record_stage(&self, id: &str, mut a: Assignment, pid: i32, bundle: &Path) {
+        a.namespace = self.namespace.clone();
+        a.id = id.to_string();
+        a.cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|t| gpu_core::assignment::cgroup_key(&t));
+        if let Err(e) = a.write(bundle) {
+            tracing::warn!(id, "gpu: recording the assignment in the bundle: {e}");
+        }
+    }
+
     /// The GPU edits (see [`crate::gpu_stage`]); an edited spec is written back to the bundle.
+    /// Returns the spec and what the container was given.
     async fn gpu_stage(
         &self,
         id: &str,
         cfg: ShimConfig,
         spec: oci_spec::runtime::Spec,
         bundle: &Path,
-    ) -> Result<oci_spec::runtime::Spec, ShimError> {
+    ) -> Result<(oci_spec::runtime::Spec, Option<Assignment>), ShimError> {
         let root_path = spec
             .root()
             .as_ref()
@@ -102,7 +122,7 @@ impl Service {
             bundle.join(root_path)
         };
         match crate::gpu_stage::run(id, &self.injectors, cfg, spec, root_path).await? {
-            crate::gpu_stage::Outcome::Untouched(spec) => Ok(spec),
+            crate::gpu_stage::Outcome::Untouched(spec) => Ok((spec, None)),
             crate::gpu_stage::Outcome::Injected(spec, done) => {
                 let data = serde_json::to_vec(&spec)
                     .map_err(|e| ShimError::Failed(format!("encoding spec: {e}")))?;
@@ -112,7 +132,7 @@ impl Service {
                     tracing::warn!(id, "gpu: {w}");
                 }
                 tracing::info!(id, "gpu: {}", done.summary);
-                Ok(spec)
+                Ok((spec, done.assignment))
             }
         }
     }
