@@ -77,6 +77,7 @@ for a in $("$R/bin/busybox" --list); do [ -e "$R/bin/$a" ] || ln -s busybox "$R/
 echo 'root:x:0:0:root:/root:/bin/sh' >"$R/etc/passwd"
 cp /etc/debian_version "$R/etc/debian_version" 2>/dev/null || echo 12.0 >"$R/etc/debian_version"
 "$NVCC" -O2 -arch=sm_90 -o "$R/usr/bin/cudacheck" "$HERE/gpu/cudacheck.cu" >>"$LOG" 2>&1 || log "nvcc failed"
+"$NVCC" -O2 -arch=sm_90 -o "$R/usr/bin/gpuhold" "$HERE/gpu/gpuhold.cu" >>"$LOG" 2>&1 || log "nvcc gpuhold failed"
 # The host's own glibc libraries that cudacheck and the injected nvidia-smi need.
 for f in $( (ldd "$R/usr/bin/cudacheck"; ldd "$HOST_SMI") | grep -o '/[^ ]*' | sort -u); do
     mkdir -p "$R$(dirname "$f")"
@@ -365,6 +366,30 @@ if [ $CRUN_OK = 1 ] && [ "$DELEGATE" = runc ]; then
         record 17 "lifecycle scenarios with crun as the delegate" PASS "$(echo "$o" | grep -cE '^test .* ok$') scenarios: $(echo "$o" | grep -E '^test .* ok$' | sed 's/^test containerd_1_6::\([a-z_0-9]*\) .*/\1/' | oneline)"
     else record 17 "lifecycle scenarios with crun as the delegate" FAIL "$(echo "$o" | grep -E 'FAILED|Error' | head -6 | oneline)"; fi
 fi
+
+# 18. Accounting: A (all) holds 1 GiB and runs kernels, B (all) holds 3 GiB, C asks for nothing.
+#     `nvidia-shim top --json` attributes A's and B's memory within 5 % of nvidia-smi's
+#     per-process figures, shows A's SM utilization and nothing for C; `metrics` parses as
+#     Prometheus text (integration/src/bin/accounting-check.rs).
+acct() { "${CTR[@]}" run -d --snapshotter "$SNAP" --runtime io.containerd.nvidia.v2 "$@" >>"$LOG" 2>&1; }
+acct --env NVIDIA_VISIBLE_DEVICES=all "$IMG" acct-a gpuhold 1024 90 busy
+acct --env NVIDIA_VISIBLE_DEVICES=all "$IMG" acct-b gpuhold 3072 90
+acct "$IMG" acct-c sleep 90
+for _ in $(seq 150); do
+    [ "$("$HOST_SMI" --query-compute-apps=pid --format=csv,noheader | wc -l)" -ge 2 ] && break; sleep 0.2
+done
+sleep 3 # the driver's utilization samples cover the last seconds
+STATE="$W/state/io.containerd.runtime.v2.task"
+nvidia-shim --config "$W/shim.toml" top --json --namespace "$NS" --state-dir "$STATE" >"$W/top.json" 2>>"$LOG"
+"$HOST_SMI" --query-compute-apps=pid,used_memory --format=csv,noheader,nounits >"$W/smi.csv"
+nvidia-shim --config "$W/shim.toml" metrics --state-dir "$STATE" >"$W/metrics.prom" 2>>"$LOG"
+nvidia-shim --config "$W/shim.toml" top --state-dir "$STATE" >"$OUT/top.txt" 2>&1
+o=$("$W/bin/accounting-check" "$W/top.json" "$W/smi.csv" "$W/metrics.prom" acct-a acct-b acct-c 2>&1)
+for c in acct-a acct-b acct-c; do "${CTR[@]}" task delete -f "$c" >>"$LOG" 2>&1; "${CTR[@]}" container delete "$c" >>"$LOG" 2>&1; done
+{ echo "$o"; echo; cat "$OUT/top.txt"; echo; cat "$W/smi.csv"; echo; cat "$W/metrics.prom"; } >"$OUT/check18.txt"
+if echo "$o" | grep -q '^ACCOUNTING PASS'; then
+    record 18 "accounting: top attributes A's and B's GPU memory (vs nvidia-smi), nothing for C" PASS "$(echo "$o" | sed 's/^ACCOUNTING PASS: //' | oneline)"
+else record 18 "accounting: top attributes A's and B's GPU memory (vs nvidia-smi), nothing for C" FAIL "$(echo "$o" | oneline)"; fi
 
 # --- latency -----------------------------------------------------------------------------------
 ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1; e=$(date +%s%N); echo $(((e - s) / 1000)); }

@@ -259,6 +259,19 @@ fn main() -> Result<()> {
         "--env",
         "NVIDIA_VISIBLE_DEVICES=all",
     ];
+    // The same host with the assignment record (for `nvidia-shim top`) turned off: what
+    // recording costs a Create.
+    let unrecorded = format!("{cfg}.unrecorded.toml");
+    std::fs::write(
+        &unrecorded,
+        std::fs::read_to_string(&cfg)? + "record_assignments = false\n",
+    )?;
+    let all_unrecorded = [
+        "--runtime-config-path",
+        &unrecorded,
+        "--env",
+        "NVIDIA_VISIBLE_DEVICES=all",
+    ];
     let one = [
         "--runtime-config-path",
         &cfg,
@@ -271,13 +284,22 @@ fn main() -> Result<()> {
     timed_run(&c, OUR_RUNTIME, &[], "warm-b")?;
     timed_run(&c, OUR_RUNTIME, &one, "warm-c")?;
     timed_run(&c, OUR_RUNTIME, &all, "warm-d")?;
+    timed_run(&c, OUR_RUNTIME, &all_unrecorded, "warm-e")?;
     let (mut a, mut b, mut g1, mut ga) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut gu = Vec::new();
     for i in 0..iterations {
         a.push(timed_run(&c, GO_RUNTIME, &[], &format!("a{i}"))?);
         b.push(timed_run(&c, OUR_RUNTIME, &[], &format!("b{i}"))?);
         g1.push(timed_run(&c, OUR_RUNTIME, &one, &format!("c{i}"))?);
         ga.push(timed_run(&c, OUR_RUNTIME, &all, &format!("d{i}"))?);
+        gu.push(timed_run(
+            &c,
+            OUR_RUNTIME,
+            &all_unrecorded,
+            &format!("e{i}"),
+        )?);
     }
+    let mu = median(&mut gu);
     let (ma, mb, m1, mall) = (
         median(&mut a),
         median(&mut b),
@@ -336,6 +358,16 @@ fn main() -> Result<()> {
         "| (d) our shim, `NVIDIA_VISIBLE_DEVICES=all`, simulated 8-GPU host | {mall:.1} | {:.3} | {:.3} |",
         mall / ma,
         mall / mb
+    );
+    println!(
+        "| (e) as (d), `[gpu] record_assignments = false` | {mu:.1} | {:.3} | {:.3} |",
+        mu / ma,
+        mu / mb
+    );
+    println!();
+    println!(
+        "Recording the assignment for `nvidia-shim top` ((d) − (e)): {:+.2} ms per GPU Create.",
+        mall - mu
     );
     println!();
     println!(
