@@ -107,6 +107,11 @@ pub struct GpuConfig {
     /// Record each GPU container's assignment (GPUs, capabilities, cgroup, pod) in its bundle,
     /// for `nvidia-shim top` and `metrics`.
     pub record_assignments: bool,
+    /// Pause releases a GPU container's GPU: its CUDA processes are checkpointed by the driver
+    /// before the freeze (per container: annotation `nvidia.com/gpu-suspend-on-pause`).
+    pub suspend_on_pause: bool,
+    /// Time limit, in milliseconds, for suspending (or resuming) a container's CUDA processes.
+    pub suspend_timeout_ms: u64,
 }
 
 impl Default for GpuConfig {
@@ -120,6 +125,8 @@ impl Default for GpuConfig {
             prepare_timeout_ms: 30_000,
             cuda_forward_compat: true,
             record_assignments: true,
+            suspend_on_pause: false,
+            suspend_timeout_ms: 30_000,
         }
     }
 }

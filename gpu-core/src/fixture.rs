@@ -4,6 +4,7 @@
 //!
 //! Not used by the shim itself; public so the integration tests and `just demo` can build hosts.
 
+pub mod fake_cuda;
 use std::io;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -305,6 +306,22 @@ impl FakeHost {
             )?;
         }
         Ok(host)
+    }
+
+    /// Replaces the host's libcuda with [`fake_cuda`]'s (checkpoint API that records calls);
+    /// returns its path.
+    pub fn install_fake_cuda(&self) -> io::Result<PathBuf> {
+        let lib = self
+            .config()
+            .driver
+            .root
+            .join("lib64")
+            .join(format!("libcuda.so.{VERSION}"));
+        if !lib.is_file() {
+            return Err(io::Error::other(format!("no {} to replace", lib.display())));
+        }
+        fake_cuda::build(&lib)?;
+        Ok(lib)
     }
 
     /// Makes the fake NVML report `procs` as the GPUs' running processes.

@@ -129,6 +129,21 @@ impl Injector {
         })
     }
 
+    /// The host driver's 64-bit library named `prefix` (e.g. `libcuda.so`), from the cached
+    /// inventory; `libnvidia-ml.so` honours `[driver] nvml_library`.
+    pub fn driver_library(&self, prefix: &str) -> Option<std::path::PathBuf> {
+        if prefix == "libnvidia-ml.so" {
+            if let Some(p) = &self.config.driver.nvml_library {
+                return Some(p.clone());
+            }
+        }
+        let inv = self.discovery.inventory().ok()?;
+        inv.libraries
+            .iter()
+            .find(|l| l.prefix == prefix && !l.is_32bit)
+            .map(|l| l.path.clone())
+    }
+
     /// The plan for `spec` against the image layout given, without touching a rootfs.
     /// `Ok(None)` when the container asked for nothing.
     pub fn plan(&self, spec: &Spec, layout: &plan::ImageLayout) -> Result<Option<Plan>, GpuError> {

@@ -17,4 +17,5 @@ pub mod runc;
 pub mod service;
 pub mod settings;
 pub mod start;
+pub mod suspend;
 pub mod task_api;

@@ -5,12 +5,15 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
 /// A process that exited: pid and containerd-style status (128 + signal when killed).
@@ -111,6 +114,47 @@ pub fn spawn(cmd: &mut Command) -> io::Result<(Child, oneshot::Receiver<i32>)> {
 /// Waits for an exit registered by [`spawn`]; a dropped sender (shim shutting down) reads as 255.
 pub async fn wait(rx: oneshot::Receiver<i32>) -> i32 {
     rx.await.unwrap_or(255)
+}
+
+/// A close-on-exec pipe (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+/// Everything readable from `fd` until end of file.
+pub async fn read_all(fd: Option<OwnedFd>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Some(fd) = fd {
+        if let Ok(mut r) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+            let _ = r.read_to_end(&mut buf).await;
+        }
+    }
+    buf
+}
+
+/// Runs `cmd` with stdout and stderr captured, under `limit`: `(status, stdout, stderr)`, or
+/// None when it ran past the limit (it is then killed).
+pub async fn output(
+    mut cmd: Command,
+    limit: Duration,
+) -> io::Result<Option<(i32, Vec<u8>, Vec<u8>)>> {
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    cmd.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w));
+    let (mut child, exit) = spawn(&mut cmd)?;
+    // Our copies of the write ends go, so the reads end when the child's do.
+    drop(cmd);
+    let work = async {
+        let (o, e) = tokio::join!(read_all(Some(out_r)), read_all(Some(err_r)));
+        (wait(exit).await, o, e)
+    };
+    match tokio::time::timeout(limit, work).await {
+        Ok(r) => Ok(Some(r)),
+        Err(_) => {
+            let _ = child.kill();
+            Ok(None)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,8 +8,6 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use tokio::io::AsyncReadExt;
-
 use crate::delegate::Delegate;
 use crate::reaper;
 
@@ -188,7 +186,7 @@ impl Runc {
         let (child, exit) = reaper::spawn(&mut cmd)
             .map_err(|e| RuncError::Spawn(format!("running {}: {e}", self.binary)))?;
         drop(cmd);
-        let (stdout, stderr) = tokio::join!(read_all(out_r), read_all(err_r));
+        let (stdout, stderr) = tokio::join!(reaper::read_all(out_r), reaper::read_all(err_r));
         let code = reaper::wait(exit).await;
         drop(child);
         if code != 0 {
@@ -346,18 +344,7 @@ impl Delegate for Runc {
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), RuncError> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| RuncError::Spawn(format!("pipe: {e}")))
-}
-
-async fn read_all(fd: Option<OwnedFd>) -> Vec<u8> {
-    let mut buf = Vec::new();
-    if let Some(fd) = fd {
-        if let Ok(mut r) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
-            let _ = r.read_to_end(&mut buf).await;
-        }
-    }
-    buf
+    reaper::pipe().map_err(|e| RuncError::Spawn(format!("pipe: {e}")))
 }
 
 #[cfg(test)]

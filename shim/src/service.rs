@@ -43,6 +43,7 @@ mod create;
 mod delete;
 mod exits;
 mod model;
+mod pause;
 #[cfg(test)]
 mod tests;
 
@@ -236,38 +237,11 @@ impl Task for Service {
     }
 
     async fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        let runc = self.runc_of(&req.id)?;
-        if let Some(c) = self.lock().get_mut(&req.id) {
-            c.init.status = Status::PAUSING;
-        }
-        let res = runc.pause(&req.id).await;
-        let mut map = self.lock();
-        if let Some(c) = map.get_mut(&req.id) {
-            c.init.status = if res.is_ok() {
-                Status::PAUSED
-            } else {
-                Status::RUNNING
-            };
-        }
-        res.map_err(|e| unknown(e.to_string()))?;
-        let mut ev = TaskPaused::new();
-        ev.container_id = req.id.clone();
-        self.publisher.publish("/tasks/paused", &ev);
-        Ok(api::Empty::new())
+        self.do_pause(&req.id).await.map(|_| api::Empty::new())
     }
 
     async fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
-        let runc = self.runc_of(&req.id)?;
-        runc.resume(&req.id)
-            .await
-            .map_err(|e| unknown(e.to_string()))?;
-        if let Some(c) = self.lock().get_mut(&req.id) {
-            c.init.status = Status::RUNNING;
-        }
-        let mut ev = TaskResumed::new();
-        ev.container_id = req.id.clone();
-        self.publisher.publish("/tasks/resumed", &ev);
-        Ok(api::Empty::new())
+        self.do_resume(&req.id).await.map(|_| api::Empty::new())
     }
 
     async fn checkpoint(

@@ -52,6 +52,32 @@ pub struct Container {
     pub processes: Vec<Proc>,
     /// GPU memory summed over its processes, bytes.
     pub used_memory_bytes: u64,
+    /// Paused with its CUDA processes checkpointed: the GPU memory that released.
+    pub suspended: Option<Suspension>,
+}
+
+/// A paused container's suspended CUDA processes (`nvidia-suspended.json` in its bundle).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Suspension {
+    /// Processes checkpointed.
+    pub processes: usize,
+    /// GPU memory they held, released while paused.
+    pub released_bytes: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct SuspendedProc {
+    released_bytes: u64,
+}
+
+fn suspension(bundle: &Path) -> Option<Suspension> {
+    let text =
+        gpu_core::hostfile::read_text(&bundle.join("nvidia-suspended.json"), 1 << 20).ok()?;
+    let procs: Vec<SuspendedProc> = serde_json::from_str(&text).ok()?;
+    Some(Suspension {
+        processes: procs.len(),
+        released_bytes: procs.iter().map(|p| p.released_bytes).sum(),
+    })
 }
 
 /// The node's GPUs and who uses them.
@@ -86,7 +112,7 @@ fn process_cgroup(pid: u32) -> Option<String> {
 
 /// Running GPU containers under `state_dir`: a record whose init process still lives in the
 /// recorded cgroup (a reused PID elsewhere does not count).
-fn running(state_dir: &Path) -> Vec<Assignment> {
+fn running(state_dir: &Path) -> Vec<(Assignment, Option<Suspension>)> {
     let mut out = Vec::new();
     let dirs = |p: &Path| -> Vec<PathBuf> {
         std::fs::read_dir(p)
@@ -109,11 +135,11 @@ fn running(state_dir: &Path) -> Vec<Assignment> {
                 .and_then(process_cgroup)
                 .is_some_and(|c| a.cgroup.as_deref().is_none_or(|want| in_cgroup(&c, want)));
             if alive {
-                out.push(a);
+                out.push((a, suspension(&bundle)));
             }
         }
     }
-    out.sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));
+    out.sort_by(|(a, _), (b, _)| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));
     out
 }
 
@@ -139,7 +165,7 @@ fn nvml_library(cfg: &ShimConfig) -> Result<PathBuf, CliError> {
 
 /// Joins `records` with `gpus`: pure, given each process's cgroup.
 pub fn join(
-    records: Vec<Assignment>,
+    records: Vec<(Assignment, Option<Suspension>)>,
     gpus: &[GpuUsage],
     cgroup_of: impl Fn(u32) -> Option<String>,
 ) -> Report {
@@ -149,7 +175,7 @@ pub fn join(
         .collect();
     let mut containers: Vec<Container> = records
         .into_iter()
-        .map(|a| Container {
+        .map(|(a, suspended)| Container {
             gpus: a
                 .devices
                 .iter()
@@ -163,6 +189,7 @@ pub fn join(
             cgroup: a.cgroup,
             processes: Vec::new(),
             used_memory_bytes: 0,
+            suspended,
         })
         .collect();
     let mut unattributed = Vec::new();
@@ -266,7 +293,11 @@ mod tests {
             12 => Some("/pods/b".to_string()),
             _ => Some("/user.slice".to_string()),
         };
-        let r = join(vec![rec("a", "/pods/a"), rec("b", "/pods/b")], &gpus, cg);
+        let r = join(
+            vec![(rec("a", "/pods/a"), None), (rec("b", "/pods/b"), None)],
+            &gpus,
+            cg,
+        );
         assert_eq!(r.containers[0].gpus, ["GPU-0"]);
         assert_eq!(r.containers[0].used_memory_bytes, 3 << 30);
         assert_eq!(r.containers[0].processes.len(), 2);

@@ -7,11 +7,13 @@
 mod accounting;
 mod cdi;
 mod configure;
+mod cuda;
 mod doctor;
 mod info;
 mod install;
 mod list;
 mod metrics;
+mod suspend;
 mod top;
 
 use std::path::{Path, PathBuf};
@@ -90,6 +92,9 @@ enum Command {
     Top(top::TopArgs),
     /// The `top` figures in the Prometheus text format (for a textfile collector).
     Metrics(metrics::MetricsArgs),
+    /// Suspend or resume a container's CUDA processes (the shim runs this around Pause/Resume).
+    #[command(subcommand)]
+    Cuda(suspend::CudaCommand),
 }
 
 /// Loads the shim config the way the shim does, with `--config` in place of ConfigPath.
@@ -113,6 +118,7 @@ fn main() {
         Command::Uninstall(a) => install::uninstall(a),
         Command::Top(a) => top::run(config, a),
         Command::Metrics(a) => metrics::run(config, a),
+        Command::Cuda(c) => suspend::run(c),
     };
     if let Err(e) = r {
         eprintln!("nvidia-shim: {}", e.message);

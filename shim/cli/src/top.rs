@@ -76,6 +76,10 @@ pub fn render(r: &Report) -> String {
             .collect::<Vec<_>>()
             .join(",");
         let id: String = c.id.chars().take(12).collect();
+        let pod = match &c.suspended {
+            Some(su) => format!("{pod} PAUSED, {} released", mib(Some(su.released_bytes))),
+            None => pod,
+        };
         let _ = writeln!(
             s,
             "{:<10} {:<14} {:<36} {:<6} {:>7} {:>11} {:>4} {:>4}",

@@ -2,6 +2,7 @@
 //! cgroup and OOM watcher) and the start of an exec.
 
 use super::*;
+use crate::suspend;
 use gpu_core::assignment::Assignment;
 use gpu_core::ShimConfig;
 
@@ -17,6 +18,8 @@ impl Service {
         // From here on every failure unmounts what was mounted, when the guard drops.
         let rootfs = RootfsGuard::mount(&bundle, &req.rootfs)?;
         let record = cfg.gpu.record_assignments;
+        let suspend = (suspend::wanted(&spec, cfg.gpu.suspend_on_pause))
+            .then(|| (self.injectors.get(cfg.clone()), cfg.gpu.suspend_timeout_ms));
         let (spec, assignment) = self.gpu_stage(&req.id, cfg, spec, &bundle).await?;
         let uris = StdioUris {
             stdin: req.stdin.clone(),
@@ -27,8 +30,17 @@ impl Service {
         let (pid, pio) =
             create_stage(&req.id, &*runc, &bundle, &settings, &uris, &self.namespace).await?;
         let cgroup = crate::cgroup::of_pid(pid);
+        let cgroup_key = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|t| gpu_core::assignment::cgroup_key(&t));
+        let gpu_suspend = match (&assignment, suspend) {
+            (Some(_), Some((injector, ms))) => {
+                suspend_plan(&req.id, &injector, cgroup_key.clone(), ms)
+            }
+            _ => None,
+        };
         if let Some(a) = assignment.filter(|_| record) {
-            self.record_stage(&req.id, a, pid, &bundle);
+            self.record_stage(&req.id, a, cgroup_key, &bundle);
         }
         let (oom, ooms_reported) = self.oom_stage(&req.id, cgroup.as_ref());
         let mut init = Process::new("", uris);
@@ -46,6 +58,8 @@ impl Service {
             mounted_rootfs: rootfs.keep(),
             oom,
             ooms_reported,
+            gpu_suspend,
+            suspended: Vec::new(),
         };
         self.lock().insert(req.id.clone(), container);
         self.publish_create(req, pid);
@@ -91,12 +105,10 @@ impl Service {
     /// Records what a GPU container was given in its bundle (`nvidia-shim top` reads it). A
     /// record that cannot be written costs the container nothing but a warning.
     #[tracing::instrument(name = "record", level = "debug", skip_all)]
-    fn record_stage(&self, id: &str, mut a: Assignment, pid: i32, bundle: &Path) {
+    fn record_stage(&self, id: &str, mut a: Assignment, cgroup: Option<String>, bundle: &Path) {
         a.namespace = self.namespace.clone();
         a.id = id.to_string();
-        a.cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .ok()
-            .and_then(|t| gpu_core::assignment::cgroup_key(&t));
+        a.cgroup = cgroup;
         if let Err(e) = a.write(bundle) {
             tracing::warn!(id, "gpu: recording the assignment in the bundle: {e}");
         }
@@ -345,4 +357,31 @@ impl Drop for RootfsGuard<'_> {
             unmount_rootfs(self.bundle);
         }
     }
+}
+
+/// How Pause will suspend a GPU container that opted in: the host driver's libraries, the helper
+/// and the container's cgroup. Without any of them Pause stays a plain freeze, with a warning.
+fn suspend_plan(
+    id: &str,
+    injector: &gpu_core::Injector,
+    cgroup: Option<String>,
+    timeout_ms: u64,
+) -> Option<suspend::Plan> {
+    let found = (|| {
+        Some(suspend::Plan {
+            helper: suspend::helper()?,
+            libcuda: injector.driver_library("libcuda.so")?,
+            nvml: injector.driver_library("libnvidia-ml.so")?,
+            cgroup: cgroup?,
+            timeout: std::time::Duration::from_millis(timeout_ms),
+        })
+    })();
+    if found.is_none() {
+        tracing::warn!(
+            id,
+            "gpu: suspend on pause asked for, but the helper (nvidia-shim), the driver's libcuda or \
+             libnvidia-ml, or the container's cgroup was not found; Pause will only freeze"
+        );
+    }
+    found
 }

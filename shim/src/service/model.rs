@@ -45,6 +45,10 @@ pub(super) struct Container {
     pub(super) oom: Option<JoinHandle<()>>,
     /// The cgroup's OOM-kill count as of the last TaskOOM published (shared with the watcher).
     pub(super) ooms_reported: Arc<AtomicU64>,
+    /// How Pause suspends its CUDA processes, when it opted in (see [`crate::suspend`]).
+    pub(super) gpu_suspend: Option<crate::suspend::Plan>,
+    /// The CUDA processes the last Pause suspended.
+    pub(super) suspended: Vec<crate::suspend::Suspended>,
 }
 
 impl Container {
