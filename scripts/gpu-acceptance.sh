@@ -78,6 +78,7 @@ echo 'root:x:0:0:root:/root:/bin/sh' >"$R/etc/passwd"
 cp /etc/debian_version "$R/etc/debian_version" 2>/dev/null || echo 12.0 >"$R/etc/debian_version"
 "$NVCC" -O2 -arch=sm_90 -o "$R/usr/bin/cudacheck" "$HERE/gpu/cudacheck.cu" >>"$LOG" 2>&1 || log "nvcc failed"
 "$NVCC" -O2 -arch=sm_90 -o "$R/usr/bin/gpuhold" "$HERE/gpu/gpuhold.cu" >>"$LOG" 2>&1 || log "nvcc gpuhold failed"
+"$NVCC" -O2 -arch=sm_90 -o "$R/usr/bin/gpuwork" "$HERE/gpu/gpuwork.cu" >>"$LOG" 2>&1 || log "nvcc gpuwork failed"
 # The host's own glibc libraries that cudacheck and the injected nvidia-smi need.
 for f in $( (ldd "$R/usr/bin/cudacheck"; ldd "$HOST_SMI") | grep -o '/[^ ]*' | sort -u); do
     mkdir -p "$R$(dirname "$f")"
@@ -390,6 +391,35 @@ for c in acct-a acct-b acct-c; do "${CTR[@]}" task delete -f "$c" >>"$LOG" 2>&1;
 if echo "$o" | grep -q '^ACCOUNTING PASS'; then
     record 18 "accounting: top attributes A's and B's GPU memory (vs nvidia-smi), nothing for C" PASS "$(echo "$o" | sed 's/^ACCOUNTING PASS: //' | oneline)"
 else record 18 "accounting: top attributes A's and B's GPU memory (vs nvidia-smi), nothing for C" FAIL "$(echo "$o" | oneline)"; fi
+
+# 19. Pause frees the GPU: A (annotation nvidia.com/gpu-suspend-on-pause=true) holds 2 GiB with a
+#     known pattern and keeps computing; Pause releases its memory (nvidia-smi), B then allocates
+#     more than was free before; Resume, and A verifies every word and checksum.
+ms_now() { date +%s%N; }
+gpu_free() { "$HOST_SMI" --query-gpu=memory.free --format=csv,noheader,nounits | head -1; }
+"${CTR[@]}" run --rm --snapshotter "$SNAP" --runtime io.containerd.nvidia.v2 --env NVIDIA_VISIBLE_DEVICES=all \
+    --annotation nvidia.com/gpu-suspend-on-pause=true "$IMG" sus-a gpuwork 2048 40 >"$W/sus-a.out" 2>&1 &
+sus_job=$!
+for _ in $(seq 150); do grep -q HOLDING "$W/sus-a.out" && break; sleep 0.2; done
+apps_before=$("$HOST_SMI" --query-compute-apps=pid,used_memory --format=csv,noheader,nounits | oneline)
+free_before=$(gpu_free)
+t0=$(ms_now); o_pause=$("${CTR[@]}" task pause sus-a 2>&1); rc_pause=$?; t1=$(ms_now)
+free_paused=$(gpu_free)
+apps_paused=$("$HOST_SMI" --query-compute-apps=pid,used_memory --format=csv,noheader,nounits | oneline)
+nvidia-shim --config "$W/shim.toml" top --state-dir "$W/state/io.containerd.runtime.v2.task" >"$OUT/top-paused.txt" 2>&1
+want=$((free_before + 1024))
+o_b=$(run --env NVIDIA_VISIBLE_DEVICES=all "$IMG" sus-b gpuhold "$want" 1 2>&1)
+t2=$(ms_now); o_resume=$("${CTR[@]}" task resume sus-a 2>&1); rc_resume=$?; t3=$(ms_now)
+wait "$sus_job"
+o_a=$(cat "$W/sus-a.out")
+pause_ms=$(((t1 - t0) / 1000000)); resume_ms=$(((t3 - t2) / 1000000))
+{ echo "before: free $free_before MiB, apps $apps_before"; echo "pause rc=$rc_pause in $pause_ms ms: $o_pause";
+  echo "paused: free $free_paused MiB, apps $apps_paused"; echo "B asked $want MiB: $o_b";
+  echo "resume rc=$rc_resume in $resume_ms ms: $o_resume"; echo "A: $o_a"; echo; cat "$OUT/top-paused.txt"; } >"$OUT/check19.txt"
+if [ $rc_pause = 0 ] && [ $rc_resume = 0 ] && echo "$o_b" | grep -q HOLDING && echo "$o_a" | grep -q 'VERIFY PASS' &&
+    [ "$free_paused" -gt $((free_before + 2000)) ]; then
+    record 19 "pause frees the GPU: memory released, B allocates it, A resumes intact" PASS "free $free_before → $free_paused MiB while paused (pause $pause_ms ms, resume $resume_ms ms); B held $want MiB; A: $(echo "$o_a" | grep VERIFY | oneline)"
+else record 19 "pause frees the GPU: memory released, B allocates it, A resumes intact" FAIL "pause rc=$rc_pause $(echo "$o_pause" | oneline); free $free_before → $free_paused; B: $(echo "$o_b" | oneline); resume rc=$rc_resume $(echo "$o_resume" | oneline); A: $(echo "$o_a" | oneline)"; fi
 
 # --- latency -----------------------------------------------------------------------------------
 ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1; e=$(date +%s%N); echo $(((e - s) / 1000)); }

@@ -113,6 +113,10 @@ pub fn add_runtime_as(
     let mut ann = Array::new();
     ann.push("cdi.k8s.io/*");
     rt["container_annotations"] = value(ann);
+    // Pods opt in to GPU-aware pause by annotation; CRI passes pod annotations on by glob.
+    let mut pod_ann = Array::new();
+    pod_ann.push("nvidia.com/gpu-suspend-on-pause");
+    rt["pod_annotations"] = value(pod_ann);
     let opts = table(rt, "options");
     opts.set_implicit(false);
     opts["ConfigPath"] = value(shim_config);
