@@ -5,6 +5,9 @@
 //! Not used by the shim itself; public so the integration tests and `just demo` can build hosts.
 
 pub mod fake_cuda;
+mod fake_nvml;
+
+pub use fake_nvml::{build_fake_nvml, delay_file, processes_file, started_file, FakeProcess};
 use std::io;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -112,45 +115,6 @@ pub fn mig_uuid(i: usize, m: usize) -> String {
     format!("MIG-{i:04x}{m:04x}-aaaa-bbbb-cccc-ddddeeeeffff")
 }
 
-/// The file listing the GPU processes the fake NVML at `nvml` reports.
-pub fn processes_file(nvml: &Path) -> PathBuf {
-    let mut p = nvml.as_os_str().to_owned();
-    p.push(".processes");
-    PathBuf::from(p)
-}
-
-/// A process the fake NVML reports on a GPU.
-#[derive(Clone, Debug)]
-pub struct FakeProcess {
-    /// GPU UUID.
-    pub uuid: String,
-    /// Host PID.
-    pub pid: u32,
-    /// GPU memory used, bytes.
-    pub used_bytes: u64,
-    /// SM utilization, percent.
-    pub sm: u32,
-    /// Memory-controller utilization, percent.
-    pub mem: u32,
-    /// A graphics (rather than compute) context.
-    pub graphics: bool,
-}
-
-/// The file whose number (milliseconds) makes the fake NVML at `nvml` slow to initialise.
-pub fn delay_file(nvml: &Path) -> PathBuf {
-    let mut p = nvml.as_os_str().to_owned();
-    p.push(".delay-ms");
-    PathBuf::from(p)
-}
-
-/// The file a slow fake NVML creates when its initialisation begins (so a test knows a Create
-/// is inside the GPU stage without guessing at timing).
-pub fn started_file(nvml: &Path) -> PathBuf {
-    let mut p = nvml.as_os_str().to_owned();
-    p.push(".init-started");
-    PathBuf::from(p)
-}
-
 /// An ld.so.cache crafted as an attacker would: `n` entries whose keys and values all point at
 /// one `len`-byte string, so a reader that copies each entry's strings allocates `2·n·len` bytes.
 pub fn crafted_ld_cache(n: usize, len: usize) -> Vec<u8> {
@@ -173,123 +137,6 @@ pub fn crafted_ld_cache(n: usize, len: usize) -> Vec<u8> {
     b.resize(strings_at + len, b'a');
     b.push(0);
     b
-}
-
-/// Builds a fake libnvidia-ml at `out` implementing the NVML calls discovery makes, describing
-/// `gpus` GPUs; with `mig`, GPU 0 is in MIG mode with two devices (GI 1/CI 0 and GI 2/CI 0).
-pub fn build_fake_nvml(out: &Path, gpus: usize, mig: bool) -> io::Result<()> {
-    let mut migs = String::new();
-    let mut table = String::new();
-    for i in 0..gpus {
-        let migs_of = if mig && i == 0 {
-            for (m, gi) in [(0usize, 1u32), (1, 2)] {
-                migs.push_str(&format!(
-                    "{{1, \"{}\", \"NVIDIA Fake H100 MIG 1g.10gb\", \"\", 0, 2, 9, 0, 10ULL<<30, 0, 0, 0, {gi}, 0}},\n",
-                    mig_uuid(i, m)
-                ));
-            }
-            "2, MIGS0"
-        } else {
-            "0, 0"
-        };
-        table.push_str(&format!(
-            "{{0, \"{}\", \"NVIDIA Fake H100\", \"00000000:{:02X}:00.0\", {i}, 2, 9, 0, 80ULL<<30, {}, {migs_of}, 0, 0}},\n",
-            gpu_uuid(i),
-            0x10 + i,
-            u8::from(mig && i == 0),
-        ));
-    }
-    let src = format!(
-        r#"#include <string.h>
-#include <sys/time.h>
-#include <stdio.h>
-#include <unistd.h>
-typedef struct dev {{ int is_mig; const char *uuid, *name, *bus; unsigned minor; int brand, ccmaj, ccmin;
-  unsigned long long mem; unsigned mig_mode; unsigned nmig; struct dev *migs; unsigned gi, ci; }} dev;
-static dev MIGS0[] = {{ {migs} {{0}} }};
-static dev GPUS[] = {{ {table} {{0}} }};
-static const unsigned NGPU = {gpus};
-typedef struct {{ char busIdLegacy[16]; unsigned domain, bus, device, pciDeviceId, pciSubSystemId; char busId[32]; }} pci;
-typedef struct {{ unsigned version; unsigned long long total, reserved, free, used; }} mem2;
-static void cp(char *b, const char *s, unsigned n) {{ strncpy(b, s, n); b[n - 1] = 0; }}
-/* A slow driver (NVML initialising GPUs without persistence mode) is simulated by writing a
-   number of milliseconds to the file next to this library named <library>.delay-ms. */
-static void slow_init(void) {{ FILE *f = fopen("{delay}", "r"); int ms = 0;
-  if (f) {{ if (fscanf(f, "%d", &ms) == 1 && ms > 0) {{ FILE *m = fopen("{started}", "w"); if (m) fclose(m);
-    usleep((unsigned)ms * 1000); }} fclose(f); }} }}
-int nvmlInit_v2(void) {{ slow_init(); return 0; }}
-int nvmlInitWithFlags(unsigned f) {{ (void)f; slow_init(); return 0; }}
-int nvmlShutdown(void) {{ return 0; }}
-const char *nvmlErrorString(int r) {{ (void)r; return "fake NVML error"; }}
-int nvmlSystemGetCudaDriverVersion_v2(int *v) {{ *v = 13000; return 0; }}
-int nvmlSystemGetCudaDriverVersion(int *v) {{ *v = 13000; return 0; }}
-int nvmlSystemGetDriverVersion(char *b, unsigned n) {{ cp(b, "{VERSION}", n); return 0; }}
-int nvmlDeviceGetCount_v2(unsigned *c) {{ *c = NGPU; return 0; }}
-int nvmlDeviceGetHandleByIndex_v2(unsigned i, dev **d) {{ if (i >= NGPU) return 2; *d = &GPUS[i]; return 0; }}
-int nvmlDeviceGetUUID(dev *d, char *b, unsigned n) {{ cp(b, d->uuid, n); return 0; }}
-int nvmlDeviceGetName(dev *d, char *b, unsigned n) {{ cp(b, d->name, n); return 0; }}
-int nvmlDeviceGetPciInfo_v3(dev *d, pci *p) {{ memset(p, 0, sizeof *p); cp(p->busId, d->bus, 32); return 0; }}
-int nvmlDeviceGetMinorNumber(dev *d, unsigned *m) {{ if (d->is_mig) return 3; *m = d->minor; return 0; }}
-int nvmlDeviceGetBrand(dev *d, int *b) {{ *b = d->brand; return 0; }}
-int nvmlDeviceGetCudaComputeCapability(dev *d, int *a, int *b) {{ *a = d->ccmaj; *b = d->ccmin; return 0; }}
-int nvmlDeviceGetMemoryInfo_v2(dev *d, mem2 *m) {{ m->total = d->mem; m->free = d->mem; m->used = 0; m->reserved = 0; return 0; }}
-int nvmlDeviceGetMigMode(dev *d, unsigned *c, unsigned *p) {{ if (d->is_mig) return 3; *c = d->mig_mode; *p = d->mig_mode; return 0; }}
-int nvmlDeviceGetMaxMigDeviceCount(dev *d, unsigned *c) {{ *c = d->mig_mode ? 7 : 0; return 0; }}
-int nvmlDeviceGetMigDeviceHandleByIndex(dev *d, unsigned i, dev **m) {{ if (i >= d->nmig) return 6; *m = &d->migs[i]; return 0; }}
-int nvmlDeviceGetGpuInstanceId(dev *d, unsigned *id) {{ *id = d->gi; return 0; }}
-int nvmlDeviceGetComputeInstanceId(dev *d, unsigned *id) {{ *id = d->ci; return 0; }}
-/* GPU processes: lines "<uuid> <pid> <bytes> <sm%> <mem%> <c|g>" in <library>.processes. */
-typedef struct {{ unsigned pid; unsigned long long used; unsigned gi, ci; }} procinfo;
-typedef struct {{ unsigned pid; unsigned long long ts; unsigned sm, mem, enc, dec; }} usample;
-static unsigned procs(dev *d, char kind, procinfo *out, usample *smp, unsigned max) {{
-  FILE *f = fopen("{processes}", "r"); unsigned n = 0; char u[128], k; unsigned pid, sm, mem;
-  unsigned long long used; struct timeval tv; gettimeofday(&tv, 0);
-  if (!f) return 0;
-  while (fscanf(f, "%127s %u %llu %u %u %c", u, &pid, &used, &sm, &mem, &k) == 6) {{
-    if (strcmp(u, d->uuid) || (kind && k != kind)) continue;
-    if (out && n < max) {{ out[n].pid = pid; out[n].used = used; out[n].gi = 0xFFFFFFFF; out[n].ci = 0xFFFFFFFF; }}
-    if (smp && n < max) {{ memset(&smp[n], 0, sizeof smp[n]); smp[n].pid = pid; smp[n].sm = sm; smp[n].mem = mem;
-      smp[n].ts = (unsigned long long)tv.tv_sec * 1000000ULL + (unsigned long long)tv.tv_usec; }}
-    n++;
-  }}
-  fclose(f); return n;
-}}
-static int running(dev *d, char kind, unsigned *count, procinfo *p) {{
-  unsigned n = procs(d, kind, 0, 0, 0);
-  if (!p || *count < n) {{ *count = n; return n ? 7 : 0; }}
-  *count = procs(d, kind, p, 0, *count); return 0;
-}}
-int nvmlDeviceGetComputeRunningProcesses_v3(dev *d, unsigned *c, procinfo *p) {{ return running(d, 'c', c, p); }}
-int nvmlDeviceGetGraphicsRunningProcesses_v3(dev *d, unsigned *c, procinfo *p) {{ return running(d, 'g', c, p); }}
-int nvmlDeviceGetProcessUtilization(dev *d, usample *s, unsigned *count, unsigned long long last) {{
-  unsigned n = procs(d, 0, 0, 0, 0); (void)last;
-  if (!n) return 6;
-  if (!s || *count < n) {{ *count = n; return 7; }}
-  *count = procs(d, 0, 0, s, *count); return 0;
-}}
-"#,
-        delay = delay_file(out).display(),
-        started = started_file(out).display(),
-        processes = processes_file(out).display()
-    );
-    let c = out.with_extension("c");
-    std::fs::write(&c, src)?;
-    let st = Command::new("cc")
-        .args([
-            "-shared",
-            "-fPIC",
-            "-O1",
-            "-Wl,-soname,libnvidia-ml.so.1",
-            "-o",
-        ])
-        .arg(out)
-        .arg(&c)
-        .status()?;
-    std::fs::remove_file(&c)?;
-    if !st.success() {
-        return Err(io::Error::other("cc failed building the fake NVML"));
-    }
-    Ok(())
 }
 
 impl FakeHost {

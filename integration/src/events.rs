@@ -1,10 +1,11 @@
 //! A `ctr events` stream, read line by line.
 
-use std::process::Child;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 /// A running `ctr events` stream.
 pub struct Events {
@@ -43,5 +44,31 @@ impl Drop for Events {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl crate::Containerd {
+    /// Starts `ctr events` and returns a receiver of its lines.
+    pub fn events(&self) -> Result<Events> {
+        let mut child = self
+            .ctr_command(&["events"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let out = child.stdout.take().context("events stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Events {
+            child,
+            rx,
+            seen: Default::default(),
+        })
     }
 }

@@ -11,6 +11,7 @@ mod events;
 pub mod image;
 pub mod installer;
 mod procs;
+mod shim_calls;
 mod version;
 
 pub use events::Events;
@@ -18,12 +19,10 @@ pub use procs::{processes_matching, wait_pid_gone, wait_until};
 pub use version::Version;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -384,53 +383,6 @@ disabled_plugins = [{disabled}]
             .join(id)
     }
 
-    /// Calls the shim's Update RPC directly over ttrpc, as containerd does (ctr 1.6 cannot).
-    pub fn shim_update(&self, id: &str, resources_json: &[u8]) -> Result<()> {
-        use containerd_shim_protos::{api, protobuf::well_known_types::any::Any, TaskClient};
-        let address = fs::read_to_string(self.bundle(id).join("address"))?;
-        let client = containerd_shim_protos::Client::connect(address.trim())?;
-        let task = TaskClient::new(client);
-        let mut req = api::UpdateTaskRequest::new();
-        req.id = id.to_string();
-        let mut any = Any::new();
-        any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
-        any.value = resources_json.to_vec();
-        req.resources = Some(any).into();
-        let mut ctx = ttrpc::context::with_timeout(20_000_000_000);
-        ctx.add("containerd-namespace".into(), self.namespace.clone());
-        task.update(ctx, &req)?;
-        Ok(())
-    }
-
-    /// Calls `method` of the shim's task service `service` (e.g. `containerd.task.v3.Task`) for
-    /// container `id` over raw ttrpc, as a client of that API version would; returns the reply.
-    pub fn shim_call<R: containerd_shim_protos::protobuf::Message>(
-        &self,
-        id: &str,
-        service: &str,
-        method: &str,
-        req: &impl containerd_shim_protos::protobuf::Message,
-    ) -> Result<R> {
-        let address = fs::read_to_string(self.bundle(id).join("address"))?;
-        let client = containerd_shim_protos::Client::connect(address.trim())?;
-        let mut r = ttrpc::Request::new();
-        r.service = service.to_string();
-        r.method = method.to_string();
-        r.timeout_nano = 10_000_000_000;
-        r.payload = req.write_to_bytes()?;
-        let mut ns = ttrpc::proto::KeyValue::new();
-        ns.key = "containerd-namespace".into();
-        ns.value = self.namespace.clone();
-        r.metadata.push(ns);
-        let resp = client.request(r)?;
-        if let Some(status) = resp.status.as_ref() {
-            if status.code() != ttrpc::Code::OK {
-                bail!("{service}/{method}: {:?} {}", status.code(), status.message);
-            }
-        }
-        Ok(R::parse_from_bytes(&resp.payload)?)
-    }
-
     /// The `ctr` of this daemon's containerd version (for subcommands that differ by version).
     pub fn ctr_binary(&self) -> PathBuf {
         self.tool("ctr")
@@ -439,30 +391,6 @@ disabled_plugins = [{disabled}]
     /// Whether this daemon is containerd 2.x.
     pub fn is_v2(&self) -> bool {
         self.version == Version::V2
-    }
-
-    /// Starts `ctr events` and returns a receiver of its lines.
-    pub fn events(&self) -> Result<Events> {
-        let mut child = self
-            .ctr_command(&["events"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let out = child.stdout.take().context("events stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Events {
-            child,
-            rx,
-            seen: Default::default(),
-        })
     }
 
     /// Pids of our shim processes serving this daemon.
