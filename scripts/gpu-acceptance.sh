@@ -462,24 +462,6 @@ pods_memory() { # runtime tag [extra ctr args] → "rss pss uss" sums over the s
 read -r go_n go_rss go_pss go_uss <<<"$(pods_memory io.containerd.runc.v2 mgo)"
 read -r our_n our_rss our_pss our_uss <<<"$(pods_memory io.containerd.nvidia.v2 mour --env NVIDIA_VISIBLE_DEVICES=all)"
 
-# --- where a GPU start's time goes: the shim's spans (containerd at debug level) ---------------
-stop_containerd
-start_containerd "$W/containerd-debug.log" --log-level debug
-for i in $(seq 10); do
-    run "$IMG" sb$i true >/dev/null 2>&1
-    run --env NVIDIA_VISIBLE_DEVICES=all "$IMG" sc$i true >/dev/null 2>&1
-done
-span_median() { # span name, container id prefix
-    grep -E "msg=\"$1\" .*id=$2[0-9]+ " "$W/containerd-debug.log" |
-        grep -oE 'duration_us=[0-9]+' | cut -d= -f2 | sort -n | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "?")}'
-}
-# A runc span names its command (op) and its last argument (the container id for create).
-runc_create() { grep -E "msg=\"runc\" .*op=create arg=$1[0-9]+ " "$W/containerd-debug.log" | grep -oE 'duration_us=[0-9]+' | cut -d= -f2 | sort -n | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "?")}'; }
-any_span() { grep -E "msg=\"$1\" " "$W/containerd-debug.log" | grep -oE 'duration_us=[0-9]+' | cut -d= -f2 | sort -n | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "?")}'; }
-span_b_create=$(span_median create sb); span_c_create=$(span_median create sc); span_c_gpu=$(span_median gpu sc)
-gpu_parts="image_layout $(any_span image_layout), plan $(any_span plan) (inventory $(any_span inventory)), apply_to_spec $(any_span apply_to_spec), write_links $(any_span write_links), write_ld_cache $(any_span write_ld_cache)"
-span_b_runc=$(runc_create sb); span_c_runc=$(runc_create sc)
-
 # --- report ------------------------------------------------------------------------------------
 gpu_model=$("$HOST_SMI" --query-gpu=name --format=csv,noheader | sort | uniq -c | oneline)
 driver=$("$HOST_SMI" --query-gpu=driver_version --format=csv,noheader | head -1)
@@ -511,8 +493,6 @@ driver=$("$HOST_SMI" --query-gpu=driver_version --format=csv,noheader | head -1)
     fi
     echo
     echo "Target (c)/(a) ≤ 1.03: $(awk -v r="$ratio" 'BEGIN {print (r <= 1.03) ? "met" : "NOT met"}') ($ratio). GPU overhead (c)/(b): $(awk -v c="$mc" -v b="$mb" 'BEGIN {printf "%.3f", c/b}') (goal ≤ 1.02)."
-    echo
-    echo "Where a start's time goes inside the shim (median of 10, µs, from its debug spans): Create without GPU ${span_b_create} (of which runc create ${span_b_runc}); Create with \`all\` ${span_c_create} (GPU stage ${span_c_gpu}: ${gpu_parts}; runc create ${span_c_runc})."
     echo
     echo "## Per-pod memory: $PODS pods, one container and one shim each (KiB, summed over the shims)"
     echo

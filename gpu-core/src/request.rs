@@ -2,6 +2,7 @@
 //! volume-mount list and CDI annotations. Pure: no host access.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use oci_spec::runtime::Spec;
 
@@ -188,6 +189,195 @@ fn parse_bool(var: &str, v: &str) -> Result<bool, GpuError> {
     }
 }
 
+/// CDI device names from the annotations whose keys carry a CDI prefix, in key order.
+fn cdi_from_annotations(
+    spec: &Spec,
+    cfg: &GpuConfig,
+    out: &mut Vec<String>,
+) -> Result<(), GpuError> {
+    let Some(ann) = spec.annotations() else {
+        return Ok(());
+    };
+    let mut keys: Vec<&String> = ann
+        .keys()
+        .filter(|k| cfg.cdi_annotation_prefixes.iter().any(|p| k.starts_with(p)))
+        .collect();
+    keys.sort();
+    for k in keys {
+        for name in bounded_list(&format!("annotation {}", clipped(k, ECHO_LIMIT)), &ann[k])? {
+            check_cdi_name(&name).map_err(|e| {
+                GpuError::Refused(format!("annotation {}: {e}", clipped(k, ECHO_LIMIT)))
+            })?;
+            out.push(name);
+        }
+    }
+    Ok(())
+}
+
+/// The device plugin's volume-mount list (`/dev/null` mounted at `<DEVICE_LIST_DIR>/<id>`): device
+/// ids returned, CDI names (`cdi/<vendor>/<class>/<dev>`) added to `cdi`.
+fn device_list_mounts(spec: &Spec, cdi: &mut Vec<String>) -> Result<Vec<String>, GpuError> {
+    let mut ids = Vec::new();
+    let prefix = format!("{DEVICE_LIST_DIR}/");
+    for m in spec.mounts().iter().flatten() {
+        if m.source().as_deref() != Some(Path::new("/dev/null")) {
+            continue;
+        }
+        let dest = m.destination().to_string_lossy();
+        let Some(id) = dest.strip_prefix(&prefix) else {
+            continue;
+        };
+        if let Some(rest) = id.strip_prefix("cdi/") {
+            // cdi/<vendor>/<class>/<dev> or cdi/<vendor>/<class>=<dev>
+            let name = match rest.split('/').collect::<Vec<_>>().as_slice() {
+                [v, c, d] => format!("{v}/{c}={d}"),
+                _ => rest.to_string(),
+            };
+            if check_cdi_name(&name).is_ok() {
+                cdi.push(name);
+            } else {
+                tracing::warn!(
+                    "ignoring device-list mount {}: not a CDI name",
+                    clipped(&dest, ECHO_LIMIT)
+                );
+            }
+        } else if id.starts_with("imex/") {
+            tracing::warn!(
+                "ignoring IMEX channel request {}: IMEX is not supported",
+                clipped(&dest, ECHO_LIMIT)
+            );
+        } else if !id.is_empty() && !ids.contains(&id.to_string()) {
+            if ids.len() == MAX_LIST_IDS {
+                return Err(GpuError::Refused(format!(
+                    "the device-list mounts name more than {MAX_LIST_IDS} devices"
+                )));
+            }
+            ids.push(clipped(id, ECHO_LIMIT));
+        }
+    }
+    Ok(ids)
+}
+
+/// GPUs from `NVIDIA_VISIBLE_DEVICES`, unless the config refuses it to unprivileged containers.
+fn env_devices(
+    env: &BTreeMap<String, String>,
+    privileged: bool,
+    cfg: &GpuConfig,
+) -> Result<Option<Devices>, GpuError> {
+    match env.get("NVIDIA_VISIBLE_DEVICES") {
+        // The volume-mounts strategy sets the env to the directory itself: not a list.
+        Some(v) if v.trim() == DEVICE_LIST_DIR => Ok(None),
+        Some(v) => {
+            let d = devices_from_ids(bounded_list("NVIDIA_VISIBLE_DEVICES", v)?);
+            if d.is_some() && !privileged && !cfg.accept_env_unprivileged {
+                tracing::warn!(
+                    "ignoring NVIDIA_VISIBLE_DEVICES in an unprivileged container \
+                     (gpu.accept_env_unprivileged = false)"
+                );
+                return Ok(None);
+            }
+            Ok(d)
+        }
+        None => Ok(None),
+    }
+}
+
+/// `NVIDIA_DRIVER_CAPABILITIES` (every capability for a legacy CUDA image without it).
+fn capabilities(
+    env: &BTreeMap<String, String>,
+    legacy: bool,
+) -> Result<BTreeSet<Capability>, GpuError> {
+    match env.get("NVIDIA_DRIVER_CAPABILITIES").map(|s| s.trim()) {
+        None if legacy => Ok(Capability::ALL.into_iter().collect()),
+        None | Some("") => Ok([Capability::Utility, Capability::Compute].into()),
+        Some(v) => {
+            let mut caps = BTreeSet::new();
+            for c in split_list(v) {
+                if c.eq_ignore_ascii_case("all") {
+                    caps.extend(Capability::ALL);
+                    continue;
+                }
+                caps.insert(Capability::parse(&c).ok_or_else(|| {
+                    GpuError::Refused(format!(
+                        "NVIDIA_DRIVER_CAPABILITIES: unknown capability {} (supported: all, {})",
+                        quoted(&c),
+                        Capability::ALL.map(|c| c.name()).join(", ")
+                    ))
+                })?);
+            }
+            Ok(caps)
+        }
+    }
+}
+
+/// `NVIDIA_REQUIRE_*` (and a legacy image's `CUDA_VERSION`), unless disabled.
+fn requirements(
+    env: &BTreeMap<String, String>,
+    cfg: &GpuConfig,
+    legacy: bool,
+) -> Result<Vec<Requirement>, GpuError> {
+    let disabled = cfg.disable_require
+        || parse_bool(
+            "NVIDIA_DISABLE_REQUIRE",
+            env.get("NVIDIA_DISABLE_REQUIRE")
+                .map(|s| s.trim())
+                .unwrap_or(""),
+        )?;
+    let mut out = Vec::new();
+    if disabled {
+        return Ok(out);
+    }
+    for (k, v) in env {
+        if !k.starts_with("NVIDIA_REQUIRE_")
+            || k.starts_with("NVIDIA_REQUIRE_JETPACK")
+            || v.trim().is_empty()
+        {
+            continue;
+        }
+        let expr = require::parse(v).map_err(|e| {
+            GpuError::Refused(format!(
+                "{}={} is invalid: {e}",
+                clipped(k, ECHO_LIMIT),
+                quoted(v)
+            ))
+        })?;
+        out.push(Requirement {
+            var: k.clone(),
+            text: v.clone(),
+            expr,
+        });
+    }
+    if legacy {
+        let cuda = &env["CUDA_VERSION"];
+        let mm: Vec<&str> = cuda.split('.').take(2).collect();
+        let text = format!("cuda>={}", mm.join("."));
+        let expr = require::parse(&text).map_err(|_| {
+            GpuError::Refused(format!("CUDA_VERSION={} is not a version", quoted(cuda)))
+        })?;
+        out.push(Requirement {
+            var: "CUDA_VERSION".into(),
+            text,
+            expr,
+        });
+    }
+    Ok(out)
+}
+
+/// `NVIDIA_MIG_CONFIG_DEVICES` / `NVIDIA_MIG_MONITOR_DEVICES`: only `all`, only privileged.
+fn mig_flag(env: &BTreeMap<String, String>, privileged: bool, var: &str) -> Result<bool, GpuError> {
+    match env.get(var).map(|s| s.trim()) {
+        None | Some("") => Ok(false),
+        Some(_) if !privileged => Err(GpuError::Refused(format!(
+            "{var} is only honoured in privileged containers"
+        ))),
+        Some("all") => Ok(true),
+        Some(v) => Err(GpuError::Refused(format!(
+            "{var}={}: only \"all\" is supported",
+            quoted(v)
+        ))),
+    }
+}
+
 /// Reads the request; `Ok(None)` when the container asked for nothing (or is a pod sandbox).
 pub fn parse(spec: &Spec, cfg: &GpuConfig) -> Result<Option<Request>, GpuError> {
     if is_sandbox(spec) {
@@ -196,180 +386,26 @@ pub fn parse(spec: &Spec, cfg: &GpuConfig) -> Result<Option<Request>, GpuError> 
     let env = env_map(spec);
     let privileged = is_privileged(spec);
     let mut cdi_devices = Vec::new();
-
-    // CDI annotations, in key order.
-    if let Some(ann) = spec.annotations() {
-        let mut keys: Vec<&String> = ann
-            .keys()
-            .filter(|k| cfg.cdi_annotation_prefixes.iter().any(|p| k.starts_with(p)))
-            .collect();
-        keys.sort();
-        for k in keys {
-            for name in bounded_list(&format!("annotation {}", clipped(k, ECHO_LIMIT)), &ann[k])? {
-                check_cdi_name(&name).map_err(|e| {
-                    GpuError::Refused(format!("annotation {}: {e}", clipped(k, ECHO_LIMIT)))
-                })?;
-                cdi_devices.push(name);
-            }
-        }
-    }
-
-    // The device plugin's volume-mount list.
-    let mut mount_ids = Vec::new();
-    if cfg.accept_volume_mounts {
-        let prefix = format!("{DEVICE_LIST_DIR}/");
-        for m in spec.mounts().iter().flatten() {
-            let src = m
-                .source()
-                .as_ref()
-                .map(|s| s.to_string_lossy().into_owned());
-            if src.as_deref() != Some("/dev/null") {
-                continue;
-            }
-            let dest = m.destination().to_string_lossy();
-            let Some(id) = dest.strip_prefix(&prefix) else {
-                continue;
-            };
-            if let Some(rest) = id.strip_prefix("cdi/") {
-                // cdi/<vendor>/<class>/<dev> or cdi/<vendor>/<class>=<dev>
-                let name = match rest.split('/').collect::<Vec<_>>().as_slice() {
-                    [v, c, d] => format!("{v}/{c}={d}"),
-                    _ => rest.to_string(),
-                };
-                if check_cdi_name(&name).is_ok() {
-                    cdi_devices.push(name);
-                } else {
-                    tracing::warn!(
-                        "ignoring device-list mount {}: not a CDI name",
-                        clipped(&dest, ECHO_LIMIT)
-                    );
-                }
-            } else if id.starts_with("imex/") {
-                tracing::warn!(
-                    "ignoring IMEX channel request {}: IMEX is not supported",
-                    clipped(&dest, ECHO_LIMIT)
-                );
-            } else if !id.is_empty() && !mount_ids.contains(&id.to_string()) {
-                if mount_ids.len() == MAX_LIST_IDS {
-                    return Err(GpuError::Refused(format!(
-                        "the device-list mounts name more than {MAX_LIST_IDS} devices"
-                    )));
-                }
-                mount_ids.push(clipped(id, ECHO_LIMIT));
-            }
-        }
-    }
-
-    let (devices, source) = if !mount_ids.is_empty() {
-        (devices_from_ids(mount_ids), "volume-mounts")
+    cdi_from_annotations(spec, cfg, &mut cdi_devices)?;
+    let mount_ids = if cfg.accept_volume_mounts {
+        device_list_mounts(spec, &mut cdi_devices)?
     } else {
-        let value = env.get("NVIDIA_VISIBLE_DEVICES");
-        match value {
-            // The volume-mounts strategy sets the env to the directory itself: not a list.
-            Some(v) if v.trim() == DEVICE_LIST_DIR => (None, "env"),
-            Some(v) => {
-                let d = devices_from_ids(bounded_list("NVIDIA_VISIBLE_DEVICES", v)?);
-                if d.is_some() && !privileged && !cfg.accept_env_unprivileged {
-                    tracing::warn!(
-                        "ignoring NVIDIA_VISIBLE_DEVICES in an unprivileged container \
-                         (gpu.accept_env_unprivileged = false)"
-                    );
-                    (None, "env")
-                } else {
-                    (d, "env")
-                }
-            }
-            None => (None, "env"),
-        }
+        Vec::new()
+    };
+    let (devices, source) = if mount_ids.is_empty() {
+        (env_devices(&env, privileged, cfg)?, "env")
+    } else {
+        (devices_from_ids(mount_ids), "volume-mounts")
     };
     if devices.is_none() && cdi_devices.is_empty() {
         return Ok(None);
     }
-
     let legacy = env.get("CUDA_VERSION").is_some_and(|v| !v.is_empty())
         && env.get("NVIDIA_REQUIRE_CUDA").is_none_or(|v| v.is_empty());
-    let capabilities = match env.get("NVIDIA_DRIVER_CAPABILITIES").map(|s| s.trim()) {
-        None if legacy => Capability::ALL.into_iter().collect(),
-        None | Some("") => [Capability::Utility, Capability::Compute].into(),
-        Some(v) => {
-            let mut caps = BTreeSet::new();
-            for c in split_list(v) {
-                if c.eq_ignore_ascii_case("all") {
-                    caps.extend(Capability::ALL);
-                } else {
-                    caps.insert(Capability::parse(&c).ok_or_else(|| {
-                        GpuError::Refused(format!(
-                            "NVIDIA_DRIVER_CAPABILITIES: unknown capability {} (supported: all, {})",
-                            quoted(&c),
-                            Capability::ALL.map(|c| c.name()).join(", ")
-                        ))
-                    })?);
-                }
-            }
-            caps
-        }
-    };
-
-    let disabled = cfg.disable_require
-        || parse_bool(
-            "NVIDIA_DISABLE_REQUIRE",
-            env.get("NVIDIA_DISABLE_REQUIRE")
-                .map(|s| s.trim())
-                .unwrap_or(""),
-        )?;
-    let mut requirements = Vec::new();
-    if !disabled {
-        for (k, v) in &env {
-            if !k.starts_with("NVIDIA_REQUIRE_")
-                || k.starts_with("NVIDIA_REQUIRE_JETPACK")
-                || v.trim().is_empty()
-            {
-                continue;
-            }
-            let expr = require::parse(v).map_err(|e| {
-                GpuError::Refused(format!(
-                    "{}={} is invalid: {e}",
-                    clipped(k, ECHO_LIMIT),
-                    quoted(v)
-                ))
-            })?;
-            requirements.push(Requirement {
-                var: k.clone(),
-                text: v.clone(),
-                expr,
-            });
-        }
-        if legacy {
-            let cuda = &env["CUDA_VERSION"];
-            let mm: Vec<&str> = cuda.split('.').take(2).collect();
-            let text = format!("cuda>={}", mm.join("."));
-            let expr = require::parse(&text).map_err(|_| {
-                GpuError::Refused(format!("CUDA_VERSION={} is not a version", quoted(cuda)))
-            })?;
-            requirements.push(Requirement {
-                var: "CUDA_VERSION".into(),
-                text,
-                expr,
-            });
-        }
-    }
-
-    let mig = |var: &str| -> Result<bool, GpuError> {
-        match env.get(var).map(|s| s.trim()) {
-            None | Some("") => Ok(false),
-            Some(_) if !privileged => Err(GpuError::Refused(format!(
-                "{var} is only honoured in privileged containers"
-            ))),
-            Some("all") => Ok(true),
-            Some(v) => Err(GpuError::Refused(format!(
-                "{var}={}: only \"all\" is supported",
-                quoted(v)
-            ))),
-        }
-    };
-    let mig_config = mig("NVIDIA_MIG_CONFIG_DEVICES")?;
-    let mig_monitor = mig("NVIDIA_MIG_MONITOR_DEVICES")?;
-
+    let capabilities = capabilities(&env, legacy)?;
+    let requirements = requirements(&env, cfg, legacy)?;
+    let mig_config = mig_flag(&env, privileged, "NVIDIA_MIG_CONFIG_DEVICES")?;
+    let mig_monitor = mig_flag(&env, privileged, "NVIDIA_MIG_MONITOR_DEVICES")?;
     let cuda_compat = cfg.cuda_forward_compat
         && !parse_bool(
             "NVIDIA_DISABLE_CUDA_COMPAT",
@@ -377,7 +413,6 @@ pub fn parse(spec: &Spec, cfg: &GpuConfig) -> Result<Option<Request>, GpuError> 
                 .map(|s| s.trim())
                 .unwrap_or(""),
         )?;
-
     Ok(Some(Request {
         cuda_compat,
         devices,
