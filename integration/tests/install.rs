@@ -387,6 +387,30 @@ fn by_hand_upgrade_foreign_edits_and_bad_input() -> Result<()> {
         stdout(&out).contains("not restarted (--restart none)"),
         "{out:?}"
     );
+    // doctor finds what install configured: the entry, and the binary it names (off PATH).
+    let out = cli(&[
+        "doctor",
+        "--json",
+        "--containerd-config",
+        &cfg.display().to_string(),
+    ])?;
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out))?;
+    let check = |name: &str| {
+        report["checks"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["check"] == name))
+            .cloned()
+    };
+    let installed = d
+        .path()
+        .join("bin/containerd-shim-nvidia-v2")
+        .display()
+        .to_string();
+    ensure!(
+        check("containerd config").is_some_and(|c| c["ok"] == true)
+            && check("shim binary").is_some_and(|c| c["detail"] == installed.as_str()),
+        "doctor after install: {report}"
+    );
 
     // Upgrade: a new shim binary; the running one is kept for rollback.
     let old = fs::read(src.join("containerd-shim-nvidia-v2"))?;

@@ -89,196 +89,251 @@ fn delegate_check(binary: &str, found: Option<&Path>, v2: bool) -> Check {
     }
 }
 
-/// Runs `doctor`.
-pub fn run(config: Option<&Path>, args: DoctorArgs) -> CliResult {
-    let DoctorArgs {
-        fix,
-        json: json_out,
-        containerd_config,
-    } = args;
-    let mut checks = Vec::new();
-    let (cfg, source) = load_config(config)?;
-    checks.push(Check {
-        name: "shim config".into(),
-        ok: true,
-        detail: source,
-        fix: None,
-    });
-
-    match Host::new(cfg.driver.clone()).inventory() {
-        Err(e) => checks.push(Check {
-            name: "driver".into(),
-            ok: false,
-            detail: e.to_string(),
-            fix: Some(format!(
-                "load the NVIDIA kernel module, or set [driver] root/proc_root (now {} / {})",
-                cfg.driver.root.display(),
-                cfg.driver.proc_root.display()
-            )),
-        }),
-        Ok(inv) => {
-            let has = |p: &str| inv.libraries.iter().any(|l| l.prefix == p);
-            let libs_ok = has("libcuda.so") && has("libnvidia-ml.so");
-            checks.push(Check {
+/// The driver, its device nodes and their `/dev/char` links (created with `fix`).
+fn driver_checks(cfg: &gpu_core::ShimConfig, fix: bool) -> Vec<Check> {
+    let inv = match Host::new(cfg.driver.clone()).inventory() {
+        Err(e) => {
+            return vec![Check {
                 name: "driver".into(),
-                ok: libs_ok,
-                detail: format!(
-                    "version {}, CUDA {}, {} GPU(s), {} libraries under {}",
-                    inv.driver_version,
-                    inv.cuda_version.as_deref().unwrap_or("unknown"),
-                    inv.gpus.len(),
-                    inv.libraries.len(),
-                    cfg.driver.root.display()
-                ),
-                fix: (!libs_ok).then(|| {
-                    format!(
-                        "libcuda/libnvidia-ml {} not found under {}: set [driver] root to the driver's install root",
-                        inv.driver_version,
-                        cfg.driver.root.display()
-                    )
-                }),
-            });
-            let mut nodes: Vec<DeviceNode> = inv.control_nodes.clone();
-            nodes.extend(inv.gpus.iter().map(|g| g.node.clone()));
-            let missing: Vec<&str> = nodes
-                .iter()
-                .filter(|n| {
-                    !cfg.driver
-                        .dev_root
-                        .join(n.path.trim_start_matches('/'))
-                        .exists()
-                })
-                .map(|n| n.path.as_str())
-                .collect();
-            checks.push(Check {
-                name: "device nodes".into(),
-                ok: missing.is_empty(),
-                detail: if missing.is_empty() {
-                    format!("{} present", nodes.len())
-                } else {
-                    format!("missing: {}", missing.join(", "))
-                },
-                fix: (!missing.is_empty()).then(|| {
-                    "run nvidia-modprobe -u -c=0 (or start nvidia-persistenced) to create them; containers get them from the spec anyway".to_string()
-                }),
-            });
-            let mut absent = Vec::new();
-            for n in nodes.iter().filter(|n| {
-                cfg.driver
-                    .dev_root
-                    .join(n.path.trim_start_matches('/'))
-                    .exists()
-            }) {
-                let (link, target) = char_link(&cfg.driver.dev_root, n);
-                if std::fs::symlink_metadata(&link).is_err() {
-                    if fix {
-                        if let Some(d) = link.parent() {
-                            let _ = std::fs::create_dir_all(d);
-                        }
-                        if let Err(e) = std::os::unix::fs::symlink(&target, &link) {
-                            absent.push(format!("{} ({e})", link.display()));
-                        }
-                    } else {
-                        absent.push(link.display().to_string());
-                    }
-                }
-            }
-            checks.push(Check {
-                name: "/dev/char links".into(),
-                ok: absent.is_empty(),
-                detail: if absent.is_empty() {
-                    "present for every NVIDIA node".into()
-                } else {
-                    format!("missing: {}", absent.join(", "))
-                },
-                fix: (!absent.is_empty()).then(|| {
-                    "run `nvidia-shim doctor --fix` (systemd's device cgroup rules need them)"
-                        .into()
-                }),
-            });
+                ok: false,
+                detail: e.to_string(),
+                fix: Some(format!(
+                    "load the NVIDIA kernel module, or set [driver] root/proc_root (now {} / {})",
+                    cfg.driver.root.display(),
+                    cfg.driver.proc_root.display()
+                )),
+            }]
+        }
+        Ok(inv) => inv,
+    };
+    let has = |p: &str| inv.libraries.iter().any(|l| l.prefix == p);
+    let libs_ok = has("libcuda.so") && has("libnvidia-ml.so");
+    let mut checks = vec![Check {
+        name: "driver".into(),
+        ok: libs_ok,
+        detail: format!(
+            "version {}, CUDA {}, {} GPU(s), {} libraries under {}",
+            inv.driver_version,
+            inv.cuda_version.as_deref().unwrap_or("unknown"),
+            inv.gpus.len(),
+            inv.libraries.len(),
+            cfg.driver.root.display()
+        ),
+        fix: (!libs_ok).then(|| {
+            format!(
+                "libcuda/libnvidia-ml {} not found under {}: set [driver] root to the driver's install root",
+                inv.driver_version,
+                cfg.driver.root.display()
+            )
+        }),
+    }];
+    let mut nodes: Vec<DeviceNode> = inv.control_nodes.clone();
+    nodes.extend(inv.gpus.iter().map(|g| g.node.clone()));
+    let present = |n: &&DeviceNode| {
+        cfg.driver
+            .dev_root
+            .join(n.path.trim_start_matches('/'))
+            .exists()
+    };
+    let missing: Vec<&str> = nodes
+        .iter()
+        .filter(|n| !present(n))
+        .map(|n| n.path.as_str())
+        .collect();
+    checks.push(Check {
+        name: "device nodes".into(),
+        ok: missing.is_empty(),
+        detail: if missing.is_empty() {
+            format!("{} present", nodes.len())
+        } else {
+            format!("missing: {}", missing.join(", "))
+        },
+        fix: (!missing.is_empty()).then(|| {
+            "run nvidia-modprobe -u -c=0 (or start nvidia-persistenced) to create them; containers get them from the spec anyway".to_string()
+        }),
+    });
+    let mut absent = Vec::new();
+    for n in nodes.iter().filter(present) {
+        let (link, target) = char_link(&cfg.driver.dev_root, n);
+        if std::fs::symlink_metadata(&link).is_ok() {
+            continue;
+        }
+        if !fix {
+            absent.push(link.display().to_string());
+            continue;
+        }
+        if let Some(d) = link.parent() {
+            let _ = std::fs::create_dir_all(d);
+        }
+        if let Err(e) = std::os::unix::fs::symlink(&target, &link) {
+            absent.push(format!("{} ({e})", link.display()));
         }
     }
+    checks.push(Check {
+        name: "/dev/char links".into(),
+        ok: absent.is_empty(),
+        detail: if absent.is_empty() {
+            "present for every NVIDIA node".into()
+        } else {
+            format!("missing: {}", absent.join(", "))
+        },
+        fix: (!absent.is_empty()).then(|| {
+            "run `nvidia-shim doctor --fix` (systemd's device cgroup rules need them)".into()
+        }),
+    });
+    checks
+}
 
+/// The delegate: found, and able to run on this host's cgroup hierarchy.
+fn runc_checks(cfg: &gpu_core::ShimConfig) -> Vec<Check> {
     let runc = if Path::new(&cfg.runc.binary).is_absolute() {
         Some(PathBuf::from(&cfg.runc.binary)).filter(|p| p.is_file())
     } else {
         on_path(&cfg.runc.binary)
     };
-    checks.push(Check {
-        name: "runc".into(),
-        ok: runc.is_some(),
-        detail: runc
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| format!("{:?} not found", cfg.runc.binary)),
-        fix: runc
-            .is_none()
-            .then(|| "install runc or set [runc] binary".into()),
-    });
-    checks.push(delegate_check(
-        &cfg.runc.binary,
-        runc.as_deref(),
-        cgroup_v2_only(),
-    ));
-    let shim = on_path("containerd-shim-nvidia-v2");
-    checks.push(Check {
-        name: "shim on PATH".into(),
-        ok: shim.is_some(),
-        detail: shim
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "containerd-shim-nvidia-v2 not found on PATH".into()),
-        fix: shim
-            .is_none()
-            .then(|| "install -m 755 containerd-shim-nvidia-v2 /usr/local/bin/".into()),
-    });
-    let text = std::fs::read_to_string(&containerd_config).unwrap_or_default();
-    let configured =
-        text.contains(RUNTIME_TYPE) && text.contains(&format!("runtimes.{RUNTIME_NAME}"));
-    checks.push(Check {
-        name: "containerd config".into(),
-        ok: configured,
-        detail: format!(
-            "{}: runtime {RUNTIME_NAME:?} {}",
-            containerd_config.display(),
-            if configured {
-                "configured"
-            } else {
-                "not configured"
-            }
-        ),
-        fix: (!configured).then(|| {
-            format!(
-                "nvidia-shim containerd configure --config {}",
-                containerd_config.display()
-            )
-        }),
-    });
+    vec![
+        Check {
+            name: "runc".into(),
+            ok: runc.is_some(),
+            detail: runc
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| format!("{:?} not found", cfg.runc.binary)),
+            fix: runc
+                .is_none()
+                .then(|| "install runc or set [runc] binary".into()),
+        },
+        delegate_check(&cfg.runc.binary, runc.as_deref(), cgroup_v2_only()),
+    ]
+}
 
-    let failed = checks.iter().filter(|c| !c.ok).count();
+/// The `nvidia` runtime entry in containerd's config or in a file it imports: the file, and the
+/// binary it names (`runtime_path`, or an absolute `runtime_type` as `nvidia-shim install`
+/// writes for containerd 1.6).
+fn runtime_entry(config: &Path) -> Option<(PathBuf, Option<PathBuf>)> {
+    let main: toml_edit::DocumentMut = std::fs::read_to_string(config).ok()?.parse().ok()?;
+    let mut files = vec![(config.to_path_buf(), main.clone())];
+    for glob in main
+        .get("imports")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let Some(dir) = glob.as_str().and_then(|g| g.strip_suffix("/*.toml")) else {
+            continue;
+        };
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|r| r.filter_map(|e| Some(e.ok()?.path())).collect())
+            .unwrap_or_default();
+        found.sort();
+        for f in found
+            .into_iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "toml"))
+        {
+            if let Some(doc) = std::fs::read_to_string(&f)
+                .ok()
+                .and_then(|t| t.parse().ok())
+            {
+                files.push((f, doc));
+            }
+        }
+    }
+    files.into_iter().find_map(|(file, doc)| {
+        let rt = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime"]
+            .iter()
+            .find_map(|p| {
+                doc.get("plugins")?
+                    .get(p)?
+                    .get("containerd")?
+                    .get("runtimes")?
+                    .get(RUNTIME_NAME)
+            })?;
+        let ty = rt
+            .get("runtime_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        let ours = ty == RUNTIME_TYPE || ty.ends_with("/containerd-shim-nvidia-v2");
+        let path = rt
+            .get("runtime_path")
+            .and_then(|v| v.as_str())
+            .or(ty.starts_with('/').then_some(ty));
+        ours.then(|| (file, path.map(PathBuf::from)))
+    })
+}
+
+/// containerd's config has the runtime, and the binary it runs is there.
+fn containerd_checks(containerd_config: &Path) -> Vec<Check> {
+    let entry = runtime_entry(containerd_config);
+    let shim = entry
+        .as_ref()
+        .and_then(|(_, p)| p.clone())
+        .filter(|p| p.is_file())
+        .or_else(|| on_path("containerd-shim-nvidia-v2"));
+    vec![
+        Check {
+            name: "shim binary".into(),
+            ok: shim.is_some(),
+            detail: shim.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| {
+                "containerd-shim-nvidia-v2 is neither on PATH nor at the runtime's runtime_path".into()
+            }),
+            fix: shim.is_none().then(|| {
+                "nvidia-shim install (or install -m 755 containerd-shim-nvidia-v2 /usr/local/bin/)".into()
+            }),
+        },
+        Check {
+            name: "containerd config".into(),
+            ok: entry.is_some(),
+            detail: match &entry {
+                Some((file, _)) => format!("runtime {RUNTIME_NAME:?} configured in {}", file.display()),
+                None => format!("{}: runtime {RUNTIME_NAME:?} not configured", containerd_config.display()),
+            },
+            fix: entry.is_none().then(|| {
+                format!("nvidia-shim containerd configure --config {}", containerd_config.display())
+            }),
+        },
+    ]
+}
+
+fn report(checks: &[Check], json_out: bool) {
     if json_out {
         let v: Vec<_> = checks
             .iter()
             .map(|c| json!({"check": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix}))
             .collect();
+        let failed = checks.iter().any(|c| !c.ok);
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"ok": failed == 0, "checks": v}))
-                .unwrap_or_default()
+            serde_json::to_string_pretty(&json!({"ok": !failed, "checks": v})).unwrap_or_default()
         );
-    } else {
-        for c in &checks {
-            println!(
-                "[{}] {}: {}",
-                if c.ok { " ok " } else { "FAIL" },
-                c.name,
-                c.detail
-            );
-            if let Some(f) = &c.fix {
-                println!("       fix: {f}");
-            }
+        return;
+    }
+    for c in checks {
+        println!(
+            "[{}] {}: {}",
+            if c.ok { " ok " } else { "FAIL" },
+            c.name,
+            c.detail
+        );
+        if let Some(f) = &c.fix {
+            println!("       fix: {f}");
         }
     }
+}
+
+/// Runs `doctor`.
+pub fn run(config: Option<&Path>, args: DoctorArgs) -> CliResult {
+    let (cfg, source) = load_config(config)?;
+    let mut checks = vec![Check {
+        name: "shim config".into(),
+        ok: true,
+        detail: source,
+        fix: None,
+    }];
+    checks.extend(driver_checks(&cfg, args.fix));
+    checks.extend(runc_checks(&cfg));
+    checks.extend(containerd_checks(&args.containerd_config));
+    report(&checks, args.json);
+    let failed = checks.iter().filter(|c| !c.ok).count();
     if failed > 0 {
         return Err(CliError::failed(format!("{failed} check(s) failed")));
     }
@@ -288,6 +343,47 @@ pub fn run(config: Option<&Path>, args: DoctorArgs) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_entries_are_found_in_place_and_in_drop_ins() {
+        let d = tempfile::tempdir().unwrap();
+        let main = d.path().join("config.toml");
+        let conf = d.path().join("conf.d");
+        std::fs::create_dir(&conf).unwrap();
+        std::fs::write(
+            &main,
+            format!("version = 3\nimports = [\"{}/*.toml\"]\n", conf.display()),
+        )
+        .unwrap();
+        assert_eq!(runtime_entry(&main), None);
+        let drop_in = conf.join("99-nvidia-shim.toml");
+        std::fs::write(
+            &drop_in,
+            "version = 3\n[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.nvidia]\n  runtime_type = \"io.containerd.nvidia.v2\"\n  runtime_path = \"/opt/x/containerd-shim-nvidia-v2\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            runtime_entry(&main),
+            Some((
+                drop_in,
+                Some(PathBuf::from("/opt/x/containerd-shim-nvidia-v2"))
+            ))
+        );
+        std::fs::write(
+            &main,
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.nvidia]\n  runtime_type = \"/usr/local/nvidia-shim/bin/containerd-shim-nvidia-v2\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            runtime_entry(&main),
+            Some((
+                main.clone(),
+                Some(PathBuf::from(
+                    "/usr/local/nvidia-shim/bin/containerd-shim-nvidia-v2"
+                ))
+            ))
+        );
+    }
 
     #[test]
     fn crun_is_recommended_only_where_it_can_run() {
