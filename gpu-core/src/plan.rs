@@ -346,14 +346,9 @@ pub fn plan_for_mounted_libraries(mounts: &[(PathBuf, String)], inv: &Inventory)
     p
 }
 
-/// Builds the plan for `req` (only its env/volume-mount part; CDI devices are applied
-/// separately from their specs).
-pub fn plan(req: &Request, inv: &Inventory, image: &ImageLayout) -> Result<Plan, GpuError> {
-    let mut p = Plan::default();
-    let Some(devices) = &req.devices else {
-        return Ok(p);
-    };
-    let selected: Vec<Selected<'_>> = match devices {
+/// The GPUs (or MIG devices) a device request names.
+fn select<'a>(devices: &Devices, inv: &'a Inventory) -> Result<Vec<Selected<'a>>, GpuError> {
+    Ok(match devices {
         Devices::NoGpus => Vec::new(),
         Devices::All => inv
             .gpus
@@ -370,15 +365,22 @@ pub fn plan(req: &Request, inv: &Inventory, image: &ImageLayout) -> Result<Plan,
             .iter()
             .map(|id| resolve(id, inv))
             .collect::<Result<_, _>>()?,
-    };
-    check_requirements(req, inv, &selected)?;
-    let caps = effective_caps(req);
+    })
+}
 
-    // Device nodes.
+/// Device nodes: the control device, each selected GPU (and MIG capabilities), UVM for compute,
+/// modeset for display, MIG admin capabilities when asked for.
+fn add_devices(
+    p: &mut Plan,
+    req: &Request,
+    inv: &Inventory,
+    selected: &[Selected<'_>],
+    caps: &BTreeSet<Capability>,
+) {
     if let Some(ctl) = inv.control("/dev/nvidiactl") {
         p.add_device(ctl);
     }
-    for s in &selected {
+    for s in selected {
         match s {
             Selected::Gpu(g) => {
                 p.add_device(&g.node);
@@ -393,15 +395,15 @@ pub fn plan(req: &Request, inv: &Inventory, image: &ImageLayout) -> Result<Plan,
             }
         }
     }
+    let mut extra: Vec<&str> = Vec::new();
     if caps.contains(&Capability::Compute) {
-        for n in ["/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"] {
-            if let Some(node) = inv.control(n) {
-                p.add_device(node);
-            }
-        }
+        extra.extend(["/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"]);
     }
     if caps.contains(&Capability::Display) {
-        if let Some(node) = inv.control("/dev/nvidia-modeset") {
+        extra.push("/dev/nvidia-modeset");
+    }
+    for n in extra {
+        if let Some(node) = inv.control(n) {
             p.add_device(node);
         }
     }
@@ -410,9 +412,11 @@ pub fn plan(req: &Request, inv: &Inventory, image: &ImageLayout) -> Result<Plan,
             p.add_device(node);
         }
     }
+}
 
-    // Libraries: one bind each, under its own file name in the image's library dir; the loader
-    // cache maps the soname (and the development name where programs dlopen it) to that file.
+/// Libraries: one bind each, under its own file name in the image's library dir; the loader
+/// cache maps the soname (and the development name where programs dlopen it) to that file.
+fn add_libraries(p: &mut Plan, inv: &Inventory, image: &ImageLayout, caps: &BTreeSet<Capability>) {
     let prefixes: BTreeSet<&str> = caps
         .iter()
         .flat_map(|c| c.libraries().iter().copied())
@@ -448,21 +452,15 @@ pub fn plan(req: &Request, inv: &Inventory, image: &ImageLayout) -> Result<Plan,
         p.add_link(dir, soname, &lib.file_name);
         p.add_link(dir, &lib.prefix, soname);
     }
+}
 
-    if caps.contains(&Capability::Compute) && req.cuda_compat {
-        if let Some(c) = &image.cuda_compat {
-            apply_cuda_compat(&mut p, inv, c, &selected);
-        }
-    }
-
-    // Utilities.
+/// Utilities, firmware the driver's user-space may read, sockets, MPS, graphics configs.
+fn add_host_files(p: &mut Plan, inv: &Inventory, caps: &BTreeSet<Capability>) {
     for b in &inv.binaries {
         if caps.iter().any(|c| c.binaries().contains(&b.name.as_str())) {
             p.add_mount(b.path.clone(), format!("/usr/bin/{}", b.name), &RO_BIND);
         }
     }
-
-    // Firmware the driver's user-space may read, sockets, MPS, graphics configs.
     for (src, dst) in &inv.firmware {
         p.add_mount(src.clone(), dst.clone(), &RO_BIND);
     }
@@ -483,10 +481,14 @@ pub fn plan(req: &Request, inv: &Inventory, image: &ImageLayout) -> Result<Plan,
             p.add_mount(src.clone(), dst.clone(), &RO_BIND);
         }
     }
+}
+
+/// Masks: the driver's params always; each GPU's /proc entry (model, bus, firmware, power
+/// state) is the container's to see only when it was given that GPU, as libnvidia-container
+/// shows it. runc refuses mounts inside /proc, so the others are masked: their directories stay
+/// listed but are empty.
+fn add_masks(p: &mut Plan, inv: &Inventory, selected: &[Selected<'_>]) {
     p.masked_paths.push(MASKED_PARAMS.into());
-    // Each GPU's /proc entry (model, bus, firmware, power state) is the container's to see only
-    // when it was given that GPU, as libnvidia-container shows it. runc refuses mounts inside
-    // /proc, so the others are masked: their directories stay listed but are empty.
     let given: BTreeSet<&str> = selected
         .iter()
         .map(|s| match s {
@@ -498,5 +500,26 @@ pub fn plan(req: &Request, inv: &Inventory, image: &ImageLayout) -> Result<Plan,
             p.masked_paths.push(format!("{PROC_GPUS}/{}", g.pci_bus_id));
         }
     }
+}
+
+/// Builds the plan for `req` (only its env/volume-mount part; CDI devices are applied
+/// separately from their specs).
+pub fn plan(req: &Request, inv: &Inventory, image: &ImageLayout) -> Result<Plan, GpuError> {
+    let mut p = Plan::default();
+    let Some(devices) = &req.devices else {
+        return Ok(p);
+    };
+    let selected = select(devices, inv)?;
+    check_requirements(req, inv, &selected)?;
+    let caps = effective_caps(req);
+    add_devices(&mut p, req, inv, &selected, &caps);
+    add_libraries(&mut p, inv, image, &caps);
+    if caps.contains(&Capability::Compute) && req.cuda_compat {
+        if let Some(c) = &image.cuda_compat {
+            apply_cuda_compat(&mut p, inv, c, &selected);
+        }
+    }
+    add_host_files(&mut p, inv, &caps);
+    add_masks(&mut p, inv, &selected);
     Ok(p)
 }
