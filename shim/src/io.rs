@@ -18,6 +18,9 @@ use tokio::task::JoinHandle;
 use crate::reaper;
 use crate::runc::RuncIo;
 
+mod uri;
+use uri::{parse_target, Target};
+
 /// The stdio a process was created with, as containerd sent it.
 #[derive(Clone, Debug, Default)]
 pub struct StdioUris {
@@ -29,65 +32,6 @@ pub struct StdioUris {
     pub stderr: String,
     /// Allocate a terminal.
     pub terminal: bool,
-}
-
-/// Where the container's output goes.
-#[derive(Debug, PartialEq, Eq)]
-enum Target {
-    Null,
-    Fifo(PathBuf),
-    File(PathBuf),
-    Binary { path: PathBuf, args: Vec<String> },
-}
-
-fn parse_target(uri: &str) -> Result<Target, String> {
-    if uri.is_empty() {
-        return Ok(Target::Null);
-    }
-    let Some((scheme, rest)) = uri.split_once("://") else {
-        return Ok(Target::Fifo(uri.into()));
-    };
-    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let path = percent_decode(path);
-    match scheme {
-        "fifo" => Ok(Target::Fifo(path.into())),
-        "file" => Ok(Target::File(path.into())),
-        "binary" => {
-            let mut args = Vec::new();
-            for pair in query.split('&').filter(|p| !p.is_empty()) {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                args.push(percent_decode(k));
-                if !v.is_empty() {
-                    args.push(percent_decode(v));
-                }
-            }
-            Ok(Target::Binary {
-                path: path.into(),
-                args,
-            })
-        }
-        other => Err(format!(
-            "unsupported stdio scheme {other:?} in {uri:?} (supported: fifo, file, binary)"
-        )),
-    }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -229,6 +173,103 @@ fn chown(fd: &OwnedFd, uid: u32, gid: u32) {
     }
 }
 
+fn bad_input(e: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
+}
+
+/// A terminal: runc hands the pty's master over a console socket in a private directory.
+fn prepare_terminal(p: &mut PendingIo) -> std::io::Result<()> {
+    let dir = std::env::temp_dir().join(format!("nvshim-pty-{}-{}", std::process::id(), unique()));
+    std::fs::create_dir(&dir)?;
+    let path = dir.join("s");
+    let listener = std::os::unix::net::UnixListener::bind(&path)?;
+    p.console_socket = Some(path);
+    p.console_listener = Some(listener);
+    p.console_dir = Some(dir);
+    Ok(())
+}
+
+/// A logging binary (`binary://`): started with the process's stdout, stderr and a readiness
+/// pipe on fds 3, 4 and 5, as containerd's logging contract says.
+fn start_logger(
+    p: &mut PendingIo,
+    path: &Path,
+    args: &[String],
+    (id, namespace): (&str, &str),
+    (uid, gid): (u32, u32),
+) -> std::io::Result<()> {
+    let (or, ow) = pipe()?;
+    let (er, ew) = pipe()?;
+    let (rr, rw) = pipe()?;
+    chown(&ow, uid, gid);
+    chown(&ew, uid, gid);
+    let mut cmd = std::process::Command::new(path);
+    cmd.args(args)
+        .env("CONTAINER_ID", id)
+        .env("CONTAINER_NAMESPACE", namespace)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let fds = [or.as_raw_fd(), er.as_raw_fd(), rw.as_raw_fd()];
+    // SAFETY: dup2 between fork and exec; the targets are 3, 4, 5 as the logging contract says.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, fd) in fds.iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let (child, exit) = reaper::spawn(&mut cmd).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("starting logging binary {}: {e}", path.display()),
+        )
+    })?;
+    drop((or, er, rw, cmd));
+    p.logger = Some(Logger {
+        pid: child.id() as i32,
+        exit: Some(exit),
+    });
+    p.runc.stdout = Some(ow);
+    p.runc.stderr = Some(ew);
+    // The binary signals readiness by writing to or closing fd 5.
+    wait_ready(rr)
+}
+
+/// Where stdout or stderr goes: a FIFO (one writer when both name the same), a file, nothing.
+fn sink(t: &Target, shared_fifo: &mut Option<(PathBuf, Sink)>) -> std::io::Result<Option<Sink>> {
+    Ok(Some(match t {
+        Target::Null => return Ok(None),
+        Target::Fifo(path) => match shared_fifo {
+            Some((p0, s)) if p0 == path => s.clone(),
+            _ => {
+                let s = Sink::Fd(async_fd(open_fifo(path, true)?)?);
+                *shared_fifo = Some((path.clone(), s.clone()));
+                s
+            }
+        },
+        Target::File(path) => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let f = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o644)
+                .open(path)?;
+            Sink::File(Arc::new(f))
+        }
+        Target::Binary { .. } => {
+            return Err(bad_input(
+                "stderr may be binary:// only together with stdout".into(),
+            ))
+        }
+    }))
+}
+
 /// Prepares stdio for a process about to be created by runc.
 pub fn prepare(
     uris: &StdioUris,
@@ -237,9 +278,8 @@ pub fn prepare(
     uid: u32,
     gid: u32,
 ) -> std::io::Result<PendingIo> {
-    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
-    let stdout = parse_target(&uris.stdout).map_err(bad)?;
-    let stderr = parse_target(&uris.stderr).map_err(bad)?;
+    let stdout = parse_target(&uris.stdout).map_err(bad_input)?;
+    let stderr = parse_target(&uris.stderr).map_err(bad_input)?;
     let mut p = PendingIo {
         runc: RuncIo::default(),
         console_socket: None,
@@ -253,16 +293,9 @@ pub fn prepare(
     };
     if uris.terminal {
         if matches!(stdout, Target::File(_) | Target::Binary { .. }) {
-            return Err(bad("terminal output can only go to a fifo".into()));
+            return Err(bad_input("terminal output can only go to a fifo".into()));
         }
-        let dir =
-            std::env::temp_dir().join(format!("nvshim-pty-{}-{}", std::process::id(), unique()));
-        std::fs::create_dir(&dir)?;
-        let path = dir.join("s");
-        let listener = std::os::unix::net::UnixListener::bind(&path)?;
-        p.console_socket = Some(path);
-        p.console_listener = Some(listener);
-        p.console_dir = Some(dir);
+        prepare_terminal(&mut p)?;
         return Ok(p);
     }
     if !uris.stdin.is_empty() {
@@ -272,88 +305,23 @@ pub fn prepare(
         p.stdin_dst = Some(w);
         p.runc.stdin = Some(r);
     }
-    match (&stdout, &stderr) {
-        (Target::Binary { path, args }, _) => {
-            let (or, ow) = pipe()?;
-            let (er, ew) = pipe()?;
-            let (rr, rw) = pipe()?;
-            chown(&ow, uid, gid);
-            chown(&ew, uid, gid);
-            let mut cmd = std::process::Command::new(path);
-            cmd.args(args)
-                .env("CONTAINER_ID", id)
-                .env("CONTAINER_NAMESPACE", namespace)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null());
-            let fds = [or.as_raw_fd(), er.as_raw_fd(), rw.as_raw_fd()];
-            // SAFETY: dup2 between fork and exec; the targets are 3, 4, 5 as the logging contract says.
-            unsafe {
-                cmd.pre_exec(move || {
-                    for (i, fd) in fds.iter().enumerate() {
-                        if libc::dup2(*fd, 3 + i as i32) < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
-                    Ok(())
-                });
-            }
-            let (child, exit) = reaper::spawn(&mut cmd).map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("starting logging binary {}: {e}", path.display()),
-                )
-            })?;
-            drop((or, er, rw, cmd));
-            p.logger = Some(Logger {
-                pid: child.id() as i32,
-                exit: Some(exit),
-            });
-            p.runc.stdout = Some(ow);
-            p.runc.stderr = Some(ew);
-            // The binary signals readiness by writing to or closing fd 5.
-            wait_ready(rr)?;
+    if let Target::Binary { path, args } = &stdout {
+        start_logger(&mut p, path, args, (id, namespace), (uid, gid))?;
+        return Ok(p);
+    }
+    let mut shared_fifo = None;
+    for (i, t) in [&stdout, &stderr].into_iter().enumerate() {
+        let Some(sink) = sink(t, &mut shared_fifo)? else {
+            continue;
+        };
+        let (r, w) = pipe()?;
+        chown(&w, uid, gid);
+        if i == 0 {
+            p.runc.stdout = Some(w)
+        } else {
+            p.runc.stderr = Some(w)
         }
-        _ => {
-            let mut fifo_for_out: Option<(PathBuf, Sink)> = None;
-            for (i, t) in [&stdout, &stderr].into_iter().enumerate() {
-                let sink = match t {
-                    Target::Null => continue,
-                    Target::Fifo(path) => match &fifo_for_out {
-                        Some((p0, s)) if p0 == path => s.clone(),
-                        _ => {
-                            let s = Sink::Fd(async_fd(open_fifo(path, true)?)?);
-                            fifo_for_out = Some((path.clone(), s.clone()));
-                            s
-                        }
-                    },
-                    Target::File(path) => {
-                        if let Some(parent) = path.parent() {
-                            std::fs::create_dir_all(parent)?;
-                        }
-                        let f = std::fs::OpenOptions::new()
-                            .append(true)
-                            .create(true)
-                            .mode(0o644)
-                            .open(path)?;
-                        Sink::File(Arc::new(f))
-                    }
-                    Target::Binary { .. } => {
-                        return Err(bad(
-                            "stderr may be binary:// only together with stdout".into()
-                        ))
-                    }
-                };
-                let (r, w) = pipe()?;
-                chown(&w, uid, gid);
-                if i == 0 {
-                    p.runc.stdout = Some(w)
-                } else {
-                    p.runc.stderr = Some(w)
-                }
-                p.out.push((r, sink));
-            }
-        }
+        p.out.push((r, sink));
     }
     Ok(p)
 }
@@ -534,31 +502,6 @@ async fn futures_join(handles: Vec<JoinHandle<()>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn targets() {
-        assert_eq!(parse_target("").unwrap(), Target::Null);
-        assert_eq!(
-            parse_target("/run/x/stdout").unwrap(),
-            Target::Fifo("/run/x/stdout".into())
-        );
-        assert_eq!(
-            parse_target("fifo:///a/b").unwrap(),
-            Target::Fifo("/a/b".into())
-        );
-        assert_eq!(
-            parse_target("file:///var/log/a%20b.log").unwrap(),
-            Target::File("/var/log/a b.log".into())
-        );
-        assert_eq!(
-            parse_target("binary:///usr/bin/logger?id=7&flag").unwrap(),
-            Target::Binary {
-                path: "/usr/bin/logger".into(),
-                args: vec!["id".into(), "7".into(), "flag".into()]
-            }
-        );
-        assert!(parse_target("tcp://x").unwrap_err().contains("tcp"));
-    }
 
     #[tokio::test(flavor = "current_thread")]
     async fn fifo_output_is_copied_and_closed() {
