@@ -33,6 +33,15 @@ fn pct(v: Option<u32>) -> String {
     v.map_or("-".into(), |v| v.to_string())
 }
 
+/// One line of the containers table.
+fn row(s: &mut String, cols: [&str; 8]) {
+    let [ns, id, pod, gpus, pid, mem, sm, mu] = cols;
+    let _ = writeln!(
+        s,
+        "{ns:<10} {id:<14} {pod:<36} {gpus:<6} {pid:>7} {mem:>11} {sm:>4} {mu:>4}"
+    );
+}
+
 /// The report as a table for people.
 pub fn render(r: &Report) -> String {
     let mut s = String::new();
@@ -54,10 +63,18 @@ pub fn render(r: &Report) -> String {
         );
     }
     let _ = writeln!(s);
-    let _ = writeln!(
-        s,
-        "{:<10} {:<14} {:<36} {:<6} {:>7} {:>11} {:>4} {:>4}",
-        "NAMESPACE", "CONTAINER", "POD (CONTAINER)", "GPUS", "PID", "GPU MEMORY", "SM%", "MEM%"
+    row(
+        &mut s,
+        [
+            "NAMESPACE",
+            "CONTAINER",
+            "POD (CONTAINER)",
+            "GPUS",
+            "PID",
+            "GPU MEMORY",
+            "SM%",
+            "MEM%",
+        ],
     );
     let index_of = |uuid: &str| {
         r.gpus
@@ -65,61 +82,38 @@ pub fn render(r: &Report) -> String {
             .find(|g| g.uuid == uuid)
             .map_or("?".to_string(), |g| g.index.to_string())
     };
+    let proc_row = |s: &mut String, ns: &str, id: &str, pod: &str, p: &crate::accounting::Proc| {
+        let (gpu, pid) = (index_of(&p.gpu), p.pid.to_string());
+        let (mem, sm, mu) = (mib(p.used_memory_bytes), pct(p.sm_util), pct(p.mem_util));
+        row(s, [ns, id, pod, &gpu, &pid, &mem, &sm, &mu]);
+    };
     for c in &r.containers {
-        let pod = c.pod.as_ref().map_or("-".into(), |p| {
+        let mut pod = c.pod.as_ref().map_or("-".into(), |p| {
             format!("{}/{} ({})", p.namespace, p.name, p.container)
         });
+        if let Some(su) = &c.suspended {
+            pod = format!("{pod} PAUSED, {} released", mib(Some(su.released_bytes)));
+        }
         let gpus = c
             .gpus
             .iter()
             .map(|u| index_of(u))
             .collect::<Vec<_>>()
             .join(",");
-        let id: String = c.id.chars().take(12).collect();
-        let pod = match &c.suspended {
-            Some(su) => format!("{pod} PAUSED, {} released", mib(Some(su.released_bytes))),
-            None => pod,
+        let gpus = if gpus.is_empty() {
+            "-".to_string()
+        } else {
+            gpus
         };
-        let _ = writeln!(
-            s,
-            "{:<10} {:<14} {:<36} {:<6} {:>7} {:>11} {:>4} {:>4}",
-            c.namespace,
-            id,
-            pod,
-            if gpus.is_empty() { "-".into() } else { gpus },
-            "",
-            mib(Some(c.used_memory_bytes)),
-            "",
-            ""
-        );
+        let id: String = c.id.chars().take(12).collect();
+        let mem = mib(Some(c.used_memory_bytes));
+        row(&mut s, [&c.namespace, &id, &pod, &gpus, "", &mem, "", ""]);
         for p in &c.processes {
-            let _ = writeln!(
-                s,
-                "{:<10} {:<14} {:<36} {:<6} {:>7} {:>11} {:>4} {:>4}",
-                "",
-                "",
-                "",
-                index_of(&p.gpu),
-                p.pid,
-                mib(p.used_memory_bytes),
-                pct(p.sm_util),
-                pct(p.mem_util)
-            );
+            proc_row(&mut s, "", "", "", p);
         }
     }
     for p in &r.unattributed {
-        let _ = writeln!(
-            s,
-            "{:<10} {:<14} {:<36} {:<6} {:>7} {:>11} {:>4} {:>4}",
-            "-",
-            "(none)",
-            "not in a GPU container",
-            index_of(&p.gpu),
-            p.pid,
-            mib(p.used_memory_bytes),
-            pct(p.sm_util),
-            pct(p.mem_util)
-        );
+        proc_row(&mut s, "-", "(none)", "not in a GPU container", p);
     }
     s
 }
