@@ -64,6 +64,53 @@ pub fn parent_speaks_v3() -> bool {
 
 const V2_MODULE: &[u8] = b"\tgithub.com/containerd/containerd/v2/";
 
+/// Starts the server process: this binary again, with the listening socket as fd 3, in a
+/// process group of its own.
+fn spawn_server(
+    flags: &containerd_shim::Flags,
+    path: &str,
+    level: String,
+    listener: &impl AsRawFd,
+) -> Result<std::process::Child, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("locating own binary: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "-namespace",
+        &flags.namespace,
+        "-id",
+        &flags.id,
+        "-address",
+        &flags.address,
+        "-socket",
+        path,
+    ]);
+    if flags.debug {
+        cmd.arg("-debug");
+    }
+    cmd.env(LOG_LEVEL_ENV, level)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let fd = listener.as_raw_fd();
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if fd == 3 {
+                let flags = libc::fcntl(3, libc::F_GETFD);
+                libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .map_err(|e| format!("starting shim server: {e}"))
+}
+
 /// Runs `start`; returns the address to print.
 pub fn run(flags: &containerd_shim::Flags) -> Result<String, String> {
     let mut stdin = Vec::new();
@@ -91,46 +138,11 @@ pub fn run(flags: &containerd_shim::Flags) -> Result<String, String> {
     };
     let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
 
-    let exe = std::env::current_exe().map_err(|e| format!("locating own binary: {e}"))?;
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "-namespace",
-        &flags.namespace,
-        "-id",
-        &flags.id,
-        "-address",
-        &flags.address,
-        "-socket",
-        &path,
-    ]);
-    if flags.debug {
-        cmd.arg("-debug");
-    }
-    cmd.env(LOG_LEVEL_ENV, level)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let fd = listener.as_raw_fd();
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setpgid(0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if fd == 3 {
-                let flags = libc::fcntl(3, libc::F_GETFD);
-                libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            } else if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = match cmd.spawn() {
+    let child = match spawn_server(flags, &path, level, &listener) {
         Ok(c) => c,
         Err(e) => {
             let _ = std::fs::remove_file(&path);
-            return Err(format!("starting shim server: {e}"));
+            return Err(e);
         }
     };
     let fail = |msg: String| {
