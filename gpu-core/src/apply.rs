@@ -64,13 +64,8 @@ fn build_err(e: impl std::fmt::Display) -> GpuError {
     GpuError::Refused(format!("building spec edits: {e}"))
 }
 
-/// Applies the plan's device nodes, cgroup rules, mounts, masked paths and env to `spec`.
-#[tracing::instrument(level = "debug", skip_all)]
-pub fn apply_to_spec(plan: &Plan, spec: &mut Spec) -> Result<(), GpuError> {
-    let mut linux = spec
-        .linux()
-        .clone()
-        .unwrap_or_else(|| LinuxBuilder::default().build().unwrap_or_default());
+/// Device nodes and their cgroup allow rules, and the masked paths, into `linux`.
+fn apply_linux(plan: &Plan, linux: &mut oci_spec::runtime::Linux) -> Result<(), GpuError> {
     let mut devices = linux.devices().clone().unwrap_or_default();
     let mut resources = linux
         .resources()
@@ -114,8 +109,42 @@ pub fn apply_to_spec(plan: &Plan, spec: &mut Spec) -> Result<(), GpuError> {
         }
     }
     linux.set_masked_paths(Some(masked));
-    spec.set_linux(Some(linux));
+    Ok(())
+}
 
+/// The plan's env (replacing a variable of the same name) and supplementary groups.
+fn apply_process(plan: &Plan, process: &mut oci_spec::runtime::Process) {
+    let mut env = process.env().clone().unwrap_or_default();
+    for kv in &plan.env {
+        let key = kv.split('=').next().unwrap_or_default();
+        env.retain(|e| e.split('=').next() != Some(key));
+        env.push(kv.clone());
+    }
+    process.set_env(Some(env));
+    if !plan.additional_gids.is_empty() {
+        let mut user = process.user().clone();
+        let mut gids = user.additional_gids().clone().unwrap_or_default();
+        let new: Vec<u32> = plan
+            .additional_gids
+            .iter()
+            .filter(|g| !gids.contains(g))
+            .copied()
+            .collect();
+        gids.extend(new);
+        user.set_additional_gids(Some(gids));
+        process.set_user(user);
+    }
+}
+
+/// Applies the plan's device nodes, cgroup rules, mounts, masked paths and env to `spec`.
+#[tracing::instrument(level = "debug", skip_all)]
+pub fn apply_to_spec(plan: &Plan, spec: &mut Spec) -> Result<(), GpuError> {
+    let mut linux = spec
+        .linux()
+        .clone()
+        .unwrap_or_else(|| LinuxBuilder::default().build().unwrap_or_default());
+    apply_linux(plan, &mut linux)?;
+    spec.set_linux(Some(linux));
     let mut mounts = spec.mounts().clone().unwrap_or_default();
     for m in &plan.mounts {
         mounts.retain(|x| x.destination().to_string_lossy() != m.destination);
@@ -130,28 +159,8 @@ pub fn apply_to_spec(plan: &Plan, spec: &mut Spec) -> Result<(), GpuError> {
         );
     }
     spec.set_mounts(Some(mounts));
-
     if let Some(mut process) = spec.process().clone() {
-        let mut env = process.env().clone().unwrap_or_default();
-        for kv in &plan.env {
-            let key = kv.split('=').next().unwrap_or_default();
-            env.retain(|e| e.split('=').next() != Some(key));
-            env.push(kv.clone());
-        }
-        process.set_env(Some(env));
-        if !plan.additional_gids.is_empty() {
-            let mut user = process.user().clone();
-            let mut gids = user.additional_gids().clone().unwrap_or_default();
-            gids.extend(
-                plan.additional_gids
-                    .iter()
-                    .filter(|g| !gids.contains(g))
-                    .copied()
-                    .collect::<Vec<_>>(),
-            );
-            user.set_additional_gids(Some(gids));
-            process.set_user(user);
-        }
+        apply_process(plan, &mut process);
         spec.set_process(Some(process));
     }
     Ok(())
