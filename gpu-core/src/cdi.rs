@@ -277,6 +277,83 @@ impl Registry {
     }
 }
 
+/// A CDI device node: numbers from the spec, or from the host node when the spec leaves them out.
+fn device_node(name: &str, n: &Node) -> Result<DeviceNode, GpuError> {
+    let host = n.host_path.clone().unwrap_or_else(|| n.path.clone());
+    let (major, minor, mode, gid) = match (n.typ.as_deref(), n.major, n.minor) {
+        (Some("c") | None, Some(ma), mi) => (
+            ma,
+            mi.unwrap_or(0),
+            n.file_mode.unwrap_or(0o666),
+            n.gid.unwrap_or(0),
+        ),
+        _ => {
+            let m = std::fs::metadata(&host).map_err(|err| {
+                GpuError::Refused(format!("CDI device {name}: device node {host}: {err}"))
+            })?;
+            if !m.file_type().is_char_device() {
+                return Err(GpuError::Refused(format!(
+                    "CDI device {name}: {host} is not a character device"
+                )));
+            }
+            (
+                libc::major(m.rdev()) as i64,
+                libc::minor(m.rdev()) as i64,
+                n.file_mode.unwrap_or(m.mode() & 0o7777),
+                n.gid.unwrap_or(m.gid()),
+            )
+        }
+    };
+    Ok(DeviceNode {
+        path: n.path.clone(),
+        major,
+        minor,
+        mode,
+        uid: n.uid.unwrap_or(0),
+        gid,
+    })
+}
+
+/// A CDI mount; a shared library mounted this way resolves like an injected one: its soname goes
+/// into the container's loader cache (specs from hook-based generators expect a hook to run
+/// ldconfig; we never run one).
+fn add_mount(m: &Mount, plan: &mut Plan) {
+    plan.mounts.retain(|x| x.destination != m.container_path);
+    let mut options = m.options.clone();
+    if m.typ.as_deref().is_none_or(|t| t == "bind")
+        && !options.iter().any(|o| o == "bind" || o == "rbind")
+    {
+        options.push("rbind".into());
+    }
+    plan.mounts.push(BindMount {
+        source: PathBuf::from(&m.host_path),
+        destination: m.container_path.clone(),
+        options,
+    });
+    let base = Path::new(&m.container_path)
+        .file_name()
+        .map(|b| b.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !(base.starts_with("lib") && base.contains(".so")) {
+        return;
+    }
+    let Some(info) = crate::elf::read(Path::new(&m.host_path)) else {
+        return;
+    };
+    if let Some(so) = info.soname {
+        let flags = if info.is_64bit {
+            crate::ldcache::FLAGS_LIB64
+        } else {
+            crate::ldcache::FLAGS_LIB32
+        };
+        plan.ld_entries.push(crate::ldcache::Entry::new(
+            flags,
+            so,
+            m.container_path.clone(),
+        ));
+    }
+}
+
 fn add_edits(name: &str, e: &Edits, plan: &mut Plan) -> Result<(), GpuError> {
     for kv in &e.env {
         if kv.find('=').is_none_or(|i| i == 0) {
@@ -287,80 +364,15 @@ fn add_edits(name: &str, e: &Edits, plan: &mut Plan) -> Result<(), GpuError> {
         plan.env.push(kv.clone());
     }
     for n in &e.device_nodes {
-        let host = n.host_path.clone().unwrap_or_else(|| n.path.clone());
-        let (major, minor, mode, gid) = match (n.typ.as_deref(), n.major, n.minor) {
-            (Some("c") | None, Some(ma), mi) => (
-                ma,
-                mi.unwrap_or(0),
-                n.file_mode.unwrap_or(0o666),
-                n.gid.unwrap_or(0),
-            ),
-            _ => {
-                let m = std::fs::metadata(&host).map_err(|err| {
-                    GpuError::Refused(format!("CDI device {name}: device node {host}: {err}"))
-                })?;
-                if !m.file_type().is_char_device() {
-                    return Err(GpuError::Refused(format!(
-                        "CDI device {name}: {host} is not a character device"
-                    )));
-                }
-                (
-                    libc::major(m.rdev()) as i64,
-                    libc::minor(m.rdev()) as i64,
-                    n.file_mode.unwrap_or(m.mode() & 0o7777),
-                    n.gid.unwrap_or(m.gid()),
-                )
-            }
-        };
+        let node = device_node(name, n)?;
         plan.devices.retain(|d| d.path != n.path);
-        plan.devices.push(DeviceNode {
-            path: n.path.clone(),
-            major,
-            minor,
-            mode,
-            uid: n.uid.unwrap_or(0),
-            gid,
-        });
+        plan.devices.push(node);
         if n.permissions.as_deref() == Some("none") {
             plan.no_cgroup_rule.push(n.path.clone());
         }
     }
     for m in &e.mounts {
-        plan.mounts.retain(|x| x.destination != m.container_path);
-        let mut options = m.options.clone();
-        if m.typ.as_deref().is_none_or(|t| t == "bind")
-            && !options.iter().any(|o| o == "bind" || o == "rbind")
-        {
-            options.push("rbind".into());
-        }
-        plan.mounts.push(BindMount {
-            source: PathBuf::from(&m.host_path),
-            destination: m.container_path.clone(),
-            options,
-        });
-        // A shared library mounted by a CDI spec resolves like an injected one: its soname goes
-        // into the container's loader cache (specs from hook-based generators expect a hook to
-        // run ldconfig; we never run one).
-        let base = Path::new(&m.container_path)
-            .file_name()
-            .map(|b| b.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if base.starts_with("lib") && base.contains(".so") {
-            if let Some(info) = crate::elf::read(Path::new(&m.host_path)) {
-                if let Some(so) = info.soname {
-                    let flags = if info.is_64bit {
-                        crate::ldcache::FLAGS_LIB64
-                    } else {
-                        crate::ldcache::FLAGS_LIB32
-                    };
-                    plan.ld_entries.push(crate::ldcache::Entry::new(
-                        flags,
-                        so,
-                        m.container_path.clone(),
-                    ));
-                }
-            }
-        }
+        add_mount(m, plan);
     }
     plan.additional_gids
         .extend(e.additional_gids.iter().filter(|g| **g != 0));
