@@ -203,16 +203,12 @@ pub fn cuda_for_driver(driver_version: &str) -> Option<&'static str> {
     TABLE.iter().find(|(d, _)| major >= *d).map(|(_, c)| *c)
 }
 
-/// A full, uncached discovery.
-pub fn discover(cfg: &DriverConfig, version: &str) -> Result<Inventory, GpuError> {
-    // Canonical roots, so a root reached through a symlink (GKE's /usr/local/nvidia) still
-    // contains the files it resolves to.
-    let root = std::fs::canonicalize(&cfg.root).unwrap_or_else(|_| cfg.root.clone());
-    let majors = procfs::char_majors(&cfg.proc_root);
-    let mig_minors = procfs::mig_minors(&cfg.proc_root);
-    let libraries = files::libraries(&root, version);
-
-    let mut control_nodes = Vec::new();
+/// The control device nodes (from `/dev`, else from procfs's majors).
+fn control_nodes(
+    cfg: &DriverConfig,
+    majors: &std::collections::BTreeMap<String, i64>,
+) -> Vec<crate::inventory::DeviceNode> {
+    let mut out = Vec::new();
     for (path, module, minor) in [
         ("/dev/nvidiactl", None, 255),
         ("/dev/nvidia-uvm", Some("nvidia-uvm"), 0),
@@ -224,8 +220,45 @@ pub fn discover(cfg: &DriverConfig, version: &str) -> Result<Inventory, GpuError
                 .and_then(|m| majors.get(m))
                 .map(|maj| files::node_from_major(path, *maj, minor))
         });
-        control_nodes.extend(node);
+        out.extend(node);
     }
+    out
+}
+
+/// GPUs from procfs, when NVML cannot be loaded; the CUDA version from the driver branch.
+fn gpus_from_procfs(cfg: &DriverConfig) -> Vec<crate::inventory::Gpu> {
+    procfs::gpus(&cfg.proc_root)
+        .into_iter()
+        .enumerate()
+        .map(|(i, g)| crate::inventory::Gpu {
+            index: i as u32,
+            uuid: g.uuid,
+            minor: g.minor,
+            pci_bus_id: g.bus,
+            model: g.model,
+            brand: None,
+            arch: None,
+            memory_mib: None,
+            mig_enabled: false,
+            migs: Vec::new(),
+            node: files::node_from_major(
+                &format!("/dev/nvidia{}", g.minor),
+                195,
+                i64::from(g.minor),
+            ),
+        })
+        .collect()
+}
+
+/// A full, uncached discovery.
+pub fn discover(cfg: &DriverConfig, version: &str) -> Result<Inventory, GpuError> {
+    // Canonical roots, so a root reached through a symlink (GKE's /usr/local/nvidia) still
+    // contains the files it resolves to.
+    let root = std::fs::canonicalize(&cfg.root).unwrap_or_else(|_| cfg.root.clone());
+    let majors = procfs::char_majors(&cfg.proc_root);
+    let mig_minors = procfs::mig_minors(&cfg.proc_root);
+    let libraries = files::libraries(&root, version);
+    let control_nodes = control_nodes(cfg, &majors);
     let caps_major = majors.get("nvidia-caps").copied();
     let mig_admin_caps = ["config", "monitor"]
         .iter()
@@ -253,31 +286,11 @@ pub fn discover(cfg: &DriverConfig, version: &str) -> Result<Inventory, GpuError
             if let Some(Err(e)) = other {
                 tracing::warn!("NVML unavailable, reading GPUs from procfs: {e}");
             }
-            let gpus = procfs::gpus(&cfg.proc_root)
-                .into_iter()
-                .enumerate()
-                .map(|(i, g)| crate::inventory::Gpu {
-                    index: i as u32,
-                    uuid: g.uuid,
-                    minor: g.minor,
-                    pci_bus_id: g.bus,
-                    model: g.model,
-                    brand: None,
-                    arch: None,
-                    memory_mib: None,
-                    mig_enabled: false,
-                    migs: Vec::new(),
-                    node: files::node_from_major(
-                        &format!("/dev/nvidia{}", g.minor),
-                        195,
-                        i64::from(g.minor),
-                    ),
-                })
-                .collect();
+            let cuda = cuda_for_driver(version).map(str::to_string);
             (
                 GpuSource::Procfs,
-                gpus,
-                cuda_for_driver(version).map(str::to_string),
+                gpus_from_procfs(cfg),
+                cuda,
                 "driver-branch table",
             )
         }
