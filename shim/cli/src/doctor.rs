@@ -89,44 +89,9 @@ fn delegate_check(binary: &str, found: Option<&Path>, v2: bool) -> Check {
     }
 }
 
-/// The driver, its device nodes and their `/dev/char` links (created with `fix`).
-fn driver_checks(cfg: &gpu_core::ShimConfig, fix: bool) -> Vec<Check> {
-    let inv = match Host::new(cfg.driver.clone()).inventory() {
-        Err(e) => {
-            return vec![Check {
-                name: "driver".into(),
-                ok: false,
-                detail: e.to_string(),
-                fix: Some(format!(
-                    "load the NVIDIA kernel module, or set [driver] root/proc_root (now {} / {})",
-                    cfg.driver.root.display(),
-                    cfg.driver.proc_root.display()
-                )),
-            }]
-        }
-        Ok(inv) => inv,
-    };
-    let has = |p: &str| inv.libraries.iter().any(|l| l.prefix == p);
-    let libs_ok = has("libcuda.so") && has("libnvidia-ml.so");
-    let mut checks = vec![Check {
-        name: "driver".into(),
-        ok: libs_ok,
-        detail: format!(
-            "version {}, CUDA {}, {} GPU(s), {} libraries under {}",
-            inv.driver_version,
-            inv.cuda_version.as_deref().unwrap_or("unknown"),
-            inv.gpus.len(),
-            inv.libraries.len(),
-            cfg.driver.root.display()
-        ),
-        fix: (!libs_ok).then(|| {
-            format!(
-                "libcuda/libnvidia-ml {} not found under {}: set [driver] root to the driver's install root",
-                inv.driver_version,
-                cfg.driver.root.display()
-            )
-        }),
-    }];
+/// The device nodes, and their `/dev/char` links (created with `fix`).
+fn node_checks(cfg: &gpu_core::ShimConfig, inv: &gpu_core::Inventory, fix: bool) -> Vec<Check> {
+    let mut checks = Vec::new();
     let mut nodes: Vec<DeviceNode> = inv.control_nodes.clone();
     nodes.extend(inv.gpus.iter().map(|g| g.node.clone()));
     let present = |n: &&DeviceNode| {
@@ -181,6 +146,48 @@ fn driver_checks(cfg: &gpu_core::ShimConfig, fix: bool) -> Vec<Check> {
             "run `nvidia-shim doctor --fix` (systemd's device cgroup rules need them)".into()
         }),
     });
+    checks
+}
+
+/// The driver, its device nodes and their `/dev/char` links (created with `fix`).
+fn driver_checks(cfg: &gpu_core::ShimConfig, fix: bool) -> Vec<Check> {
+    let inv = match Host::new(cfg.driver.clone()).inventory() {
+        Err(e) => {
+            return vec![Check {
+                name: "driver".into(),
+                ok: false,
+                detail: e.to_string(),
+                fix: Some(format!(
+                    "load the NVIDIA kernel module, or set [driver] root/proc_root (now {} / {})",
+                    cfg.driver.root.display(),
+                    cfg.driver.proc_root.display()
+                )),
+            }]
+        }
+        Ok(inv) => inv,
+    };
+    let has = |p: &str| inv.libraries.iter().any(|l| l.prefix == p);
+    let libs_ok = has("libcuda.so") && has("libnvidia-ml.so");
+    let mut checks = vec![Check {
+        name: "driver".into(),
+        ok: libs_ok,
+        detail: format!(
+            "version {}, CUDA {}, {} GPU(s), {} libraries under {}",
+            inv.driver_version,
+            inv.cuda_version.as_deref().unwrap_or("unknown"),
+            inv.gpus.len(),
+            inv.libraries.len(),
+            cfg.driver.root.display()
+        ),
+        fix: (!libs_ok).then(|| {
+            format!(
+                "libcuda/libnvidia-ml {} not found under {}: set [driver] root to the driver's install root",
+                inv.driver_version,
+                cfg.driver.root.display()
+            )
+        }),
+    }];
+    checks.extend(node_checks(cfg, &inv, fix));
     checks
 }
 
