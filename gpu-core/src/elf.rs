@@ -106,20 +106,15 @@ pub fn parse(b: &[u8]) -> Option<ElfInfo> {
     parse_from(&b)
 }
 
-fn parse_from(src: &impl Source) -> Option<ElfInfo> {
-    let h = src.bytes(0, 64).or_else(|| src.bytes(0, 52))?;
-    if h.get(0..4)? != b"\x7fELF" || *h.get(5)? != 1 {
-        return None; // not ELF, or big-endian
-    }
-    let wide = match h.get(4)? {
-        1 => false,
-        2 => true,
-        _ => return None,
-    };
+/// Load segments `(offset, vaddr, filesz)` and the dynamic segment `(offset, size)`, from the
+/// program headers the ELF header `h` points at.
+type Segments = (Vec<(u64, u64, u64)>, Option<(u64, u64)>);
+
+fn segments(src: &impl Source, h: &[u8], wide: bool) -> Option<Segments> {
     let (phoff, phentsize, phnum) = if wide {
-        (uint(&h, 0x20, 8)?, uint(&h, 0x36, 2)?, uint(&h, 0x38, 2)?)
+        (uint(h, 0x20, 8)?, uint(h, 0x36, 2)?, uint(h, 0x38, 2)?)
     } else {
-        (uint(&h, 0x1c, 4)?, uint(&h, 0x2a, 2)?, uint(&h, 0x2c, 2)?)
+        (uint(h, 0x1c, 4)?, uint(h, 0x2a, 2)?, uint(h, 0x2c, 2)?)
     };
     // The program header entry has one size per class; anything else is not an ELF we read.
     if phentsize != if wide { 56 } else { 32 } {
@@ -151,16 +146,18 @@ fn parse_from(src: &impl Source) -> Option<ElfInfo> {
             _ => {}
         }
     }
-    let mut info = ElfInfo {
-        is_64bit: wide,
-        soname: None,
-    };
-    let Some((dyn_off, dyn_size)) = dynamic else {
-        return Some(info);
-    };
+    Some((loads, dynamic))
+}
+
+/// `DT_STRTAB` and `DT_SONAME` from the dynamic segment.
+fn dynamic_tags(
+    src: &impl Source,
+    (off, size): (u64, u64),
+    wide: bool,
+) -> Option<(Option<u64>, Option<u64>)> {
     let ent = if wide { 16 } else { 8 };
     let word = ent / 2;
-    let dynamic = src.bytes(dyn_off, usize::try_from(dyn_size.min(1 << 20)).ok()?)?;
+    let dynamic = src.bytes(off, usize::try_from(size.min(1 << 20)).ok()?)?;
     let (mut strtab, mut soname) = (None, None);
     let mut p = 0;
     while p + ent <= dynamic.len() {
@@ -174,7 +171,28 @@ fn parse_from(src: &impl Source) -> Option<ElfInfo> {
         }
         p += ent;
     }
-    if let (Some(strtab), Some(name)) = (strtab, soname) {
+    Some((strtab, soname))
+}
+
+fn parse_from(src: &impl Source) -> Option<ElfInfo> {
+    let h = src.bytes(0, 64).or_else(|| src.bytes(0, 52))?;
+    if h.get(0..4)? != b"\x7fELF" || *h.get(5)? != 1 {
+        return None; // not ELF, or big-endian
+    }
+    let wide = match h.get(4)? {
+        1 => false,
+        2 => true,
+        _ => return None,
+    };
+    let (loads, dynamic) = segments(src, &h, wide)?;
+    let mut info = ElfInfo {
+        is_64bit: wide,
+        soname: None,
+    };
+    let Some(dynamic) = dynamic else {
+        return Some(info);
+    };
+    if let (Some(strtab), Some(name)) = dynamic_tags(src, dynamic, wide)? {
         // DT_STRTAB is a virtual address: map it to a file offset through the load segments. A
         // name we cannot reach leaves the soname unknown, not the file.
         info.soname = loads
