@@ -65,6 +65,55 @@ fn instance_id_fns(lib: &Path) -> Option<(IdFn, IdFn)> {
     }
 }
 
+/// The MIG devices of GPU `d` (device minor `minor`), with their capability nodes.
+fn mig_devices(
+    d: &nvml_wrapper::Device<'_>,
+    minor: u32,
+    ids: Option<(IdFn, IdFn)>,
+    caps_major: Option<i64>,
+    mig_minors: &BTreeMap<String, u32>,
+) -> Vec<MigDevice> {
+    let mut migs = Vec::new();
+    let max = d.mig_device_count().unwrap_or(0);
+    for j in 0..max {
+        let Ok(m) = d.mig_device_by_index(j) else {
+            continue;
+        };
+        let (mut gi, mut ci) = (0u32, 0u32);
+        if let Some((gf, cf)) = ids {
+            // SAFETY: valid handle from NVML; out-params are plain u32s.
+            unsafe {
+                gf(m.handle().cast(), &mut gi);
+                cf(m.handle().cast(), &mut ci);
+            }
+        }
+        let caps = [
+            format!("gpu{minor}/gi{gi}/access"),
+            format!("gpu{minor}/gi{gi}/ci{ci}/access"),
+        ]
+        .iter()
+        .filter_map(|k| {
+            let cap_minor = *mig_minors.get(k)?;
+            Some(node_from_major(
+                &format!("/dev/nvidia-caps/nvidia-cap{cap_minor}"),
+                caps_major?,
+                i64::from(cap_minor),
+            ))
+        })
+        .collect::<Vec<DeviceNode>>();
+        migs.push(MigDevice {
+            index: migs.len() as u32,
+            uuid: m.uuid().unwrap_or_default(),
+            gi,
+            ci,
+            profile: m.name().unwrap_or_default(),
+            memory_mib: m.memory_info().ok().map(|i| i.total >> 20),
+            caps,
+        });
+    }
+    migs
+}
+
 /// Loads NVML from `lib` and reads every GPU. `caps_major` and `mig_minors` describe MIG
 /// capability nodes (from procfs).
 pub fn read(
@@ -87,46 +136,11 @@ pub fn read(
         let d = nvml.device_by_index(index).map_err(|e| e.to_string())?;
         let minor = d.minor_number().map_err(|e| e.to_string())?;
         let mig_enabled = d.mig_mode().is_ok_and(|m| m.current == 1);
-        let mut migs = Vec::new();
-        if mig_enabled {
-            let max = d.mig_device_count().unwrap_or(0);
-            for j in 0..max {
-                let Ok(m) = d.mig_device_by_index(j) else {
-                    continue;
-                };
-                let (mut gi, mut ci) = (0u32, 0u32);
-                if let Some((gf, cf)) = ids {
-                    // SAFETY: valid handle from NVML; out-params are plain u32s.
-                    unsafe {
-                        gf(m.handle().cast(), &mut gi);
-                        cf(m.handle().cast(), &mut ci);
-                    }
-                }
-                let caps = [
-                    format!("gpu{minor}/gi{gi}/access"),
-                    format!("gpu{minor}/gi{gi}/ci{ci}/access"),
-                ]
-                .iter()
-                .filter_map(|k| {
-                    let cap_minor = *mig_minors.get(k)?;
-                    Some(node_from_major(
-                        &format!("/dev/nvidia-caps/nvidia-cap{cap_minor}"),
-                        caps_major?,
-                        i64::from(cap_minor),
-                    ))
-                })
-                .collect::<Vec<DeviceNode>>();
-                migs.push(MigDevice {
-                    index: migs.len() as u32,
-                    uuid: m.uuid().unwrap_or_default(),
-                    gi,
-                    ci,
-                    profile: m.name().unwrap_or_default(),
-                    memory_mib: m.memory_info().ok().map(|i| i.total >> 20),
-                    caps,
-                });
-            }
-        }
+        let migs = if mig_enabled {
+            mig_devices(&d, minor, ids, caps_major, mig_minors)
+        } else {
+            Vec::new()
+        };
         gpus.push(Gpu {
             index,
             uuid: d.uuid().map_err(|e| e.to_string())?,
