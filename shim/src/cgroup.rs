@@ -101,6 +101,132 @@ fn pack<M: MessageFull>(m: &M) -> Any {
     any
 }
 
+/// cgroup v2 metrics of `dir`.
+fn metrics_v2(dir: &Path) -> v2::Metrics {
+    let mut m = v2::Metrics::new();
+    let mut pids = v2::PidsStat::new();
+    pids.current = read_u64(&dir.join("pids.current"));
+    pids.limit = read_max(&dir.join("pids.max"));
+    m.pids = Some(pids).into();
+    let mut cpu = v2::CPUStat::new();
+    for (k, v) in kv(&dir.join("cpu.stat")) {
+        match k.as_str() {
+            "usage_usec" => cpu.usage_usec = v,
+            "user_usec" => cpu.user_usec = v,
+            "system_usec" => cpu.system_usec = v,
+            "nr_periods" => cpu.nr_periods = v,
+            "nr_throttled" => cpu.nr_throttled = v,
+            "throttled_usec" => cpu.throttled_usec = v,
+            _ => {}
+        }
+    }
+    m.cpu = Some(cpu).into();
+    let mut mem = v2::MemoryStat::new();
+    mem.usage = read_u64(&dir.join("memory.current"));
+    mem.usage_limit = read_max(&dir.join("memory.max"));
+    mem.swap_usage = read_u64(&dir.join("memory.swap.current"));
+    mem.swap_limit = read_max(&dir.join("memory.swap.max"));
+    for (k, v) in kv(&dir.join("memory.stat")) {
+        match k.as_str() {
+            "anon" => mem.anon = v,
+            "file" => mem.file = v,
+            "kernel_stack" => mem.kernel_stack = v,
+            "slab" => mem.slab = v,
+            "sock" => mem.sock = v,
+            "shmem" => mem.shmem = v,
+            "file_mapped" => mem.file_mapped = v,
+            "file_dirty" => mem.file_dirty = v,
+            "pgfault" => mem.pgfault = v,
+            "pgmajfault" => mem.pgmajfault = v,
+            "inactive_file" => mem.inactive_file = v,
+            "active_file" => mem.active_file = v,
+            "inactive_anon" => mem.inactive_anon = v,
+            "active_anon" => mem.active_anon = v,
+            _ => {}
+        }
+    }
+    m.memory = Some(mem).into();
+    let mut ev = v2::MemoryEvents::new();
+    for (k, v) in kv(&dir.join("memory.events")) {
+        match k.as_str() {
+            "low" => ev.low = v,
+            "high" => ev.high = v,
+            "max" => ev.max = v,
+            "oom" => ev.oom = v,
+            "oom_kill" => ev.oom_kill = v,
+            _ => {}
+        }
+    }
+    m.memory_events = Some(ev).into();
+    m
+}
+
+/// cgroup v1 metrics from the controllers' directories.
+fn metrics_v1(memory: Option<&Path>, cpuacct: Option<&Path>, pids: Option<&Path>) -> v1::Metrics {
+    let mut m = v1::Metrics::new();
+    if let Some(d) = pids {
+        let mut p = v1::PidsStat::new();
+        p.current = read_u64(&d.join("pids.current"));
+        p.limit = match fs::read_to_string(d.join("pids.max")) {
+            Ok(s) if s.trim() == "max" => 0,
+            Ok(s) => s.trim().parse().unwrap_or(0),
+            Err(_) => 0,
+        };
+        m.pids = Some(p).into();
+    }
+    if let Some(d) = cpuacct {
+        let mut usage = v1::CPUUsage::new();
+        usage.total = read_u64(&d.join("cpuacct.usage"));
+        usage.user = read_u64(&d.join("cpuacct.usage_user"));
+        usage.kernel = read_u64(&d.join("cpuacct.usage_sys"));
+        usage.per_cpu = fs::read_to_string(d.join("cpuacct.usage_percpu"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        let mut cpu = v1::CPUStat::new();
+        cpu.usage = Some(usage).into();
+        m.cpu = Some(cpu).into();
+    }
+    if let Some(d) = memory {
+        let mut mem = v1::MemoryStat::new();
+        let entry = |prefix: &str| {
+            let mut e = v1::MemoryEntry::new();
+            e.usage = read_u64(&d.join(format!("{prefix}usage_in_bytes")));
+            e.limit = read_u64(&d.join(format!("{prefix}limit_in_bytes")));
+            e.max = read_u64(&d.join(format!("{prefix}max_usage_in_bytes")));
+            e.failcnt = read_u64(&d.join(format!("{prefix}failcnt")));
+            e
+        };
+        mem.usage = Some(entry("memory.")).into();
+        mem.swap = Some(entry("memory.memsw.")).into();
+        mem.kernel = Some(entry("memory.kmem.")).into();
+        for (k, v) in kv(&d.join("memory.stat")) {
+            match k.as_str() {
+                "cache" => mem.cache = v,
+                "rss" => mem.rss = v,
+                "rss_huge" => mem.rss_huge = v,
+                "mapped_file" => mem.mapped_file = v,
+                "dirty" => mem.dirty = v,
+                "writeback" => mem.writeback = v,
+                "pgfault" => mem.pg_fault = v,
+                "pgmajfault" => mem.pg_maj_fault = v,
+                "inactive_anon" => mem.inactive_anon = v,
+                "active_anon" => mem.active_anon = v,
+                "inactive_file" => mem.inactive_file = v,
+                "active_file" => mem.active_file = v,
+                "unevictable" => mem.unevictable = v,
+                "total_inactive_file" => mem.total_inactive_file = v,
+                "total_rss" => mem.total_rss = v,
+                "total_cache" => mem.total_cache = v,
+                _ => {}
+            }
+        }
+        m.memory = Some(mem).into();
+    }
+    m
+}
+
 impl Cgroup {
     /// Whether the cgroup still exists.
     pub fn exists(&self) -> bool {
@@ -119,132 +245,16 @@ impl Cgroup {
     /// Metrics as `Any`: `io.containerd.cgroups.v1.Metrics` or `io.containerd.cgroups.v2.Metrics`.
     pub fn metrics(&self) -> Any {
         match self {
-            Cgroup::V2(dir) => {
-                let mut m = v2::Metrics::new();
-                let mut pids = v2::PidsStat::new();
-                pids.current = read_u64(&dir.join("pids.current"));
-                pids.limit = read_max(&dir.join("pids.max"));
-                m.pids = Some(pids).into();
-                let mut cpu = v2::CPUStat::new();
-                for (k, v) in kv(&dir.join("cpu.stat")) {
-                    match k.as_str() {
-                        "usage_usec" => cpu.usage_usec = v,
-                        "user_usec" => cpu.user_usec = v,
-                        "system_usec" => cpu.system_usec = v,
-                        "nr_periods" => cpu.nr_periods = v,
-                        "nr_throttled" => cpu.nr_throttled = v,
-                        "throttled_usec" => cpu.throttled_usec = v,
-                        _ => {}
-                    }
-                }
-                m.cpu = Some(cpu).into();
-                let mut mem = v2::MemoryStat::new();
-                mem.usage = read_u64(&dir.join("memory.current"));
-                mem.usage_limit = read_max(&dir.join("memory.max"));
-                mem.swap_usage = read_u64(&dir.join("memory.swap.current"));
-                mem.swap_limit = read_max(&dir.join("memory.swap.max"));
-                for (k, v) in kv(&dir.join("memory.stat")) {
-                    match k.as_str() {
-                        "anon" => mem.anon = v,
-                        "file" => mem.file = v,
-                        "kernel_stack" => mem.kernel_stack = v,
-                        "slab" => mem.slab = v,
-                        "sock" => mem.sock = v,
-                        "shmem" => mem.shmem = v,
-                        "file_mapped" => mem.file_mapped = v,
-                        "file_dirty" => mem.file_dirty = v,
-                        "pgfault" => mem.pgfault = v,
-                        "pgmajfault" => mem.pgmajfault = v,
-                        "inactive_file" => mem.inactive_file = v,
-                        "active_file" => mem.active_file = v,
-                        "inactive_anon" => mem.inactive_anon = v,
-                        "active_anon" => mem.active_anon = v,
-                        _ => {}
-                    }
-                }
-                m.memory = Some(mem).into();
-                let mut ev = v2::MemoryEvents::new();
-                for (k, v) in kv(&dir.join("memory.events")) {
-                    match k.as_str() {
-                        "low" => ev.low = v,
-                        "high" => ev.high = v,
-                        "max" => ev.max = v,
-                        "oom" => ev.oom = v,
-                        "oom_kill" => ev.oom_kill = v,
-                        _ => {}
-                    }
-                }
-                m.memory_events = Some(ev).into();
-                pack(&m)
-            }
+            Cgroup::V2(dir) => pack(&metrics_v2(dir)),
             Cgroup::V1 {
                 memory,
                 cpuacct,
                 pids,
-            } => {
-                let mut m = v1::Metrics::new();
-                if let Some(d) = pids {
-                    let mut p = v1::PidsStat::new();
-                    p.current = read_u64(&d.join("pids.current"));
-                    p.limit = match fs::read_to_string(d.join("pids.max")) {
-                        Ok(s) if s.trim() == "max" => 0,
-                        Ok(s) => s.trim().parse().unwrap_or(0),
-                        Err(_) => 0,
-                    };
-                    m.pids = Some(p).into();
-                }
-                if let Some(d) = cpuacct {
-                    let mut usage = v1::CPUUsage::new();
-                    usage.total = read_u64(&d.join("cpuacct.usage"));
-                    usage.user = read_u64(&d.join("cpuacct.usage_user"));
-                    usage.kernel = read_u64(&d.join("cpuacct.usage_sys"));
-                    usage.per_cpu = fs::read_to_string(d.join("cpuacct.usage_percpu"))
-                        .unwrap_or_default()
-                        .split_whitespace()
-                        .filter_map(|s| s.parse().ok())
-                        .collect();
-                    let mut cpu = v1::CPUStat::new();
-                    cpu.usage = Some(usage).into();
-                    m.cpu = Some(cpu).into();
-                }
-                if let Some(d) = memory {
-                    let mut mem = v1::MemoryStat::new();
-                    let entry = |prefix: &str| {
-                        let mut e = v1::MemoryEntry::new();
-                        e.usage = read_u64(&d.join(format!("{prefix}usage_in_bytes")));
-                        e.limit = read_u64(&d.join(format!("{prefix}limit_in_bytes")));
-                        e.max = read_u64(&d.join(format!("{prefix}max_usage_in_bytes")));
-                        e.failcnt = read_u64(&d.join(format!("{prefix}failcnt")));
-                        e
-                    };
-                    mem.usage = Some(entry("memory.")).into();
-                    mem.swap = Some(entry("memory.memsw.")).into();
-                    mem.kernel = Some(entry("memory.kmem.")).into();
-                    for (k, v) in kv(&d.join("memory.stat")) {
-                        match k.as_str() {
-                            "cache" => mem.cache = v,
-                            "rss" => mem.rss = v,
-                            "rss_huge" => mem.rss_huge = v,
-                            "mapped_file" => mem.mapped_file = v,
-                            "dirty" => mem.dirty = v,
-                            "writeback" => mem.writeback = v,
-                            "pgfault" => mem.pg_fault = v,
-                            "pgmajfault" => mem.pg_maj_fault = v,
-                            "inactive_anon" => mem.inactive_anon = v,
-                            "active_anon" => mem.active_anon = v,
-                            "inactive_file" => mem.inactive_file = v,
-                            "active_file" => mem.active_file = v,
-                            "unevictable" => mem.unevictable = v,
-                            "total_inactive_file" => mem.total_inactive_file = v,
-                            "total_rss" => mem.total_rss = v,
-                            "total_cache" => mem.total_cache = v,
-                            _ => {}
-                        }
-                    }
-                    m.memory = Some(mem).into();
-                }
-                pack(&m)
-            }
+            } => pack(&metrics_v1(
+                memory.as_deref(),
+                cpuacct.as_deref(),
+                pids.as_deref(),
+            )),
         }
     }
 
