@@ -233,103 +233,51 @@ fn sum(v: &[f64]) -> f64 {
     v.iter().sum()
 }
 
-fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let iterations: usize = args
-        .next()
-        .map(|s| s.parse())
-        .transpose()
-        .context("ITERATIONS must be a number")?
-        .unwrap_or(30);
-    let pods: usize = args
-        .next()
-        .map(|s| s.parse())
-        .transpose()
-        .context("PODS must be a number")?
-        .unwrap_or(50);
-    let c = Containerd::start()?;
-    let host_dir = tempfile::Builder::new()
-        .prefix("nvbench-")
-        .tempdir_in("/tmp")?;
-    let host = FakeHost::build(host_dir.path(), Layout::Gke, 8)?;
-    let cfg = host.write_config()?;
-    let all = [
-        "--runtime-config-path",
-        &cfg,
-        "--env",
-        "NVIDIA_VISIBLE_DEVICES=all",
-    ];
+/// Medians of the interleaved start latencies (ms): (a) Go, (b) ours, (c) one GPU, (d) all
+/// GPUs, (e) all GPUs without the assignment record.
+fn start_latency(c: &Containerd, cfg: &str, iterations: usize) -> Result<[f64; 5]> {
     // The same host with the assignment record (for `nvidia-shim top`) turned off: what
     // recording costs a Create.
     let unrecorded = format!("{cfg}.unrecorded.toml");
     std::fs::write(
         &unrecorded,
-        std::fs::read_to_string(&cfg)? + "record_assignments = false\n",
+        std::fs::read_to_string(cfg)? + "record_assignments = false\n",
     )?;
-    let all_unrecorded = [
-        "--runtime-config-path",
-        &unrecorded,
-        "--env",
-        "NVIDIA_VISIBLE_DEVICES=all",
-    ];
-    let one = [
-        "--runtime-config-path",
-        &cfg,
-        "--env",
-        "NVIDIA_VISIBLE_DEVICES=0",
-    ];
-
-    // Start latency, interleaved, after one warm-up each (page cache, the inventory cache).
-    timed_run(&c, GO_RUNTIME, &[], "warm-a")?;
-    timed_run(&c, OUR_RUNTIME, &[], "warm-b")?;
-    timed_run(&c, OUR_RUNTIME, &one, "warm-c")?;
-    timed_run(&c, OUR_RUNTIME, &all, "warm-d")?;
-    timed_run(&c, OUR_RUNTIME, &all_unrecorded, "warm-e")?;
-    let (mut a, mut b, mut g1, mut ga) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut gu = Vec::new();
-    for i in 0..iterations {
-        a.push(timed_run(&c, GO_RUNTIME, &[], &format!("a{i}"))?);
-        b.push(timed_run(&c, OUR_RUNTIME, &[], &format!("b{i}"))?);
-        g1.push(timed_run(&c, OUR_RUNTIME, &one, &format!("c{i}"))?);
-        ga.push(timed_run(&c, OUR_RUNTIME, &all, &format!("d{i}"))?);
-        gu.push(timed_run(
-            &c,
+    let opts = |config: &str, devices: &str| {
+        [
+            "--runtime-config-path".to_string(),
+            config.to_string(),
+            "--env".into(),
+            format!("NVIDIA_VISIBLE_DEVICES={devices}"),
+        ]
+    };
+    let (one, all, all_unrecorded) = (opts(cfg, "0"), opts(cfg, "all"), opts(&unrecorded, "all"));
+    let variants: [(&str, Vec<&str>); 5] = [
+        (GO_RUNTIME, vec![]),
+        (OUR_RUNTIME, vec![]),
+        (OUR_RUNTIME, one.iter().map(String::as_str).collect()),
+        (OUR_RUNTIME, all.iter().map(String::as_str).collect()),
+        (
             OUR_RUNTIME,
-            &all_unrecorded,
-            &format!("e{i}"),
-        )?);
+            all_unrecorded.iter().map(String::as_str).collect(),
+        ),
+    ];
+    let tags = ["a", "b", "c", "d", "e"];
+    // One warm-up each (page cache, the inventory cache), then interleaved.
+    for ((runtime, o), tag) in variants.iter().zip(tags) {
+        timed_run(c, runtime, o, &format!("warm-{tag}"))?;
     }
-    let mu = median(&mut gu);
-    let (ma, mb, m1, mall) = (
-        median(&mut a),
-        median(&mut b),
-        median(&mut g1),
-        median(&mut ga),
-    );
-
-    let go = pod_memory(&c, GO_RUNTIME, "go", pods)?;
-    let ours = pod_memory(&c, OUR_RUNTIME, "our", pods)?;
-
-    let scale_iter = iterations.min(10);
-    let by_gpus: Vec<(usize, f64)> = [1, 8, 64]
-        .iter()
-        .map(|&n| gpu_start(&c, n, None, scale_iter).map(|ms| (n, ms)))
-        .collect::<Result<_>>()?;
-    let by_libs: Vec<(usize, f64)> = [10, 200]
-        .iter()
-        .map(|&n| gpu_start(&c, 1, Some(n), scale_iter).map(|ms| (n, ms)))
-        .collect::<Result<_>>()?;
-    let mut by_pod = Vec::new();
-    for n in [1, 10, 100] {
-        by_pod.push((
-            n,
-            exec_latency(&c, GO_RUNTIME, n, scale_iter)?,
-            exec_latency(&c, OUR_RUNTIME, n, scale_iter)?,
-        ));
+    let mut times: [Vec<f64>; 5] = Default::default();
+    for i in 0..iterations {
+        for (k, ((runtime, o), tag)) in variants.iter().zip(tags).enumerate() {
+            times[k].push(timed_run(c, runtime, o, &format!("{tag}{i}"))?);
+        }
     }
-    let conc_go = concurrent(&c, GO_RUNTIME, &[], 50);
-    let conc_our = concurrent(&c, OUR_RUNTIME, &all, 50);
+    Ok(times.map(|mut t| median(&mut t)))
+}
 
+fn print_latency(m: [f64; 5], iterations: usize) {
+    let [ma, mb, m1, mall, mu] = m;
     let shim = integration::bin_dir().join(integration::SHIM_BIN);
     let size = std::fs::metadata(&shim).map(|m| m.len()).unwrap_or(0);
     println!("## Benchmark: containerd-shim-nvidia-v2 vs containerd-shim-runc-v2 (Go)");
@@ -345,39 +293,37 @@ fn main() -> Result<()> {
     );
     println!("|---|---|---|---|");
     println!("| (a) Go runc shim, no GPU | {ma:.1} | 1.000 | |");
-    println!(
-        "| (b) our shim, no GPU | {mb:.1} | {:.3} | 1.000 |",
-        mb / ma
-    );
-    println!(
-        "| (c) our shim, `NVIDIA_VISIBLE_DEVICES=0`, simulated 8-GPU host | {m1:.1} | {:.3} | {:.3} |",
-        m1 / ma,
-        m1 / mb
-    );
-    println!(
-        "| (d) our shim, `NVIDIA_VISIBLE_DEVICES=all`, simulated 8-GPU host | {mall:.1} | {:.3} | {:.3} |",
-        mall / ma,
-        mall / mb
-    );
-    println!(
-        "| (e) as (d), `[gpu] record_assignments = false` | {mu:.1} | {:.3} | {:.3} |",
-        mu / ma,
-        mu / mb
-    );
+    let rows = [
+        ("(b) our shim, no GPU", mb),
+        (
+            "(c) our shim, `NVIDIA_VISIBLE_DEVICES=0`, simulated 8-GPU host",
+            m1,
+        ),
+        (
+            "(d) our shim, `NVIDIA_VISIBLE_DEVICES=all`, simulated 8-GPU host",
+            mall,
+        ),
+        ("(e) as (d), `[gpu] record_assignments = false`", mu),
+    ];
+    for (name, v) in rows {
+        println!("| {name} | {v:.1} | {:.3} | {:.3} |", v / ma, v / mb);
+    }
     println!();
     println!(
         "Recording the assignment for `nvidia-shim top` ((d) − (e)): {:+.2} ms per GPU Create.",
         mall - mu
     );
     println!();
+}
+
+fn print_memory(pods: usize, mut g: PodMemory, mut o: PodMemory) {
     println!(
         "Per-pod memory: {pods} pods, one container and one shim each (Go: {} shims, ours: {} shims), KiB:",
-        go.shims, ours.shims
+        g.shims, o.shims
     );
     println!();
     println!("| per shim | Go RSS | Go PSS | Go USS | our RSS | our PSS | our USS |");
     println!("|---|---|---|---|---|---|---|");
-    let (mut g, mut o) = (go, ours);
     println!(
         "| median | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
         median(&mut g.rss),
@@ -404,6 +350,34 @@ fn main() -> Result<()> {
         o.threads
     );
     println!();
+}
+
+/// Start time against GPUs and libraries, exec latency against pod size, and concurrency.
+fn scaling(c: &Containerd, cfg: &str, scale_iter: usize) -> Result<()> {
+    let by_gpus: Vec<(usize, f64)> = [1, 8, 64]
+        .iter()
+        .map(|&n| gpu_start(c, n, None, scale_iter).map(|ms| (n, ms)))
+        .collect::<Result<_>>()?;
+    let by_libs: Vec<(usize, f64)> = [10, 200]
+        .iter()
+        .map(|&n| gpu_start(c, 1, Some(n), scale_iter).map(|ms| (n, ms)))
+        .collect::<Result<_>>()?;
+    let mut by_pod = Vec::new();
+    for n in [1, 10, 100] {
+        by_pod.push((
+            n,
+            exec_latency(c, GO_RUNTIME, n, scale_iter)?,
+            exec_latency(c, OUR_RUNTIME, n, scale_iter)?,
+        ));
+    }
+    let all = [
+        "--runtime-config-path",
+        cfg,
+        "--env",
+        "NVIDIA_VISIBLE_DEVICES=all",
+    ];
+    let conc_go = concurrent(c, GO_RUNTIME, &[], 50);
+    let conc_our = concurrent(c, OUR_RUNTIME, &all, 50);
     println!("Scaling ({scale_iter} iterations each, median ms):");
     println!();
     println!("| GPU start, fake host | ms |");
@@ -432,12 +406,41 @@ fn main() -> Result<()> {
         conc_our.0, conc_our.1, conc_our.2
     );
     println!();
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let iterations: usize = args
+        .next()
+        .map(|s| s.parse())
+        .transpose()
+        .context("ITERATIONS must be a number")?
+        .unwrap_or(30);
+    let pods: usize = args
+        .next()
+        .map(|s| s.parse())
+        .transpose()
+        .context("PODS must be a number")?
+        .unwrap_or(50);
+    let c = Containerd::start()?;
+    let host_dir = tempfile::Builder::new()
+        .prefix("nvbench-")
+        .tempdir_in("/tmp")?;
+    let host = FakeHost::build(host_dir.path(), Layout::Gke, 8)?;
+    let cfg = host.write_config()?;
+    let latency = start_latency(&c, &cfg, iterations)?;
+    let go = pod_memory(&c, GO_RUNTIME, "go", pods)?;
+    let ours = pod_memory(&c, OUR_RUNTIME, "our", pods)?;
+    print_latency(latency, iterations);
+    print_memory(pods, go, ours);
+    scaling(&c, &cfg, iterations.min(10))?;
     if cgroup_v2_only() {
         println!(
             "crun as the delegate: run `scripts/gpu-acceptance.sh` for its rows (cgroup v2 host)."
         );
     } else {
-        println!("crun as the delegate: not measured here — crun runs only on cgroup v2 hosts and this one is v1/hybrid (see docs/gpu-acceptance.md for the H100's crun rows).");
+        println!("crun as the delegate: not measured here — crun runs only on cgroup v2 hosts and this one is v1/hybrid (see docs/gpu-acceptance.md for the GPU host's crun rows).");
     }
     c.assert_clean()?;
     Ok(())
