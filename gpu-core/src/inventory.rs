@@ -284,3 +284,16 @@ impl Inventory {
         ids
     }
 }
+
+/// Normalises NVML's `00000000:00:04.0` to procfs's `0000:00:04.0`.
+/// Anything that is not an ASCII hex domain comes back lowercased and otherwise untouched: the
+/// id may be a container's request, not NVML's answer.
+pub fn normalise_bus_id(id: &str) -> String {
+    let id = id.to_ascii_lowercase();
+    match id.split_once(':') {
+        Some((dom, rest)) if dom.len() > 4 && dom.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            format!("{}:{rest}", &dom[dom.len() - 4..])
+        }
+        _ => id,
+    }
+}

@@ -164,7 +164,9 @@ impl Injector {
             None => Plan::default(),
         };
         if !req.cdi_devices.is_empty() {
-            cdi::Registry::load(&self.config.gpu.cdi_spec_dirs).apply(&req.cdi_devices, &mut p)?;
+            self.discovery
+                .cdi_registry(&self.config.gpu.cdi_spec_dirs)
+                .apply(&req.cdi_devices, &mut p)?;
         }
         Ok(p)
     }

@@ -26,6 +26,36 @@ const CACHE_FORMAT: u32 = 3;
 pub trait Discovery: Send + Sync {
     /// The host's inventory (possibly cached).
     fn inventory(&self) -> Result<Arc<Inventory>, GpuError>;
+
+    /// The CDI specs under `dirs` (possibly cached, while no spec file or directory changed).
+    fn cdi_registry(&self, dirs: &[PathBuf]) -> Arc<crate::cdi::Registry> {
+        Arc::new(crate::cdi::Registry::load(dirs))
+    }
+}
+
+/// What identifies the CDI specs on disk: each directory's and each spec file's path,
+/// modification time and size. A spec written in place or renamed into place changes it.
+type CdiStamp = Vec<(PathBuf, Option<std::time::SystemTime>, u64)>;
+
+fn cdi_stamp(dirs: &[PathBuf]) -> CdiStamp {
+    let stamp = |p: &Path| {
+        let m = std::fs::metadata(p).ok();
+        (
+            p.to_path_buf(),
+            m.as_ref().and_then(|m| m.modified().ok()),
+            m.map_or(0, |m| m.len()),
+        )
+    };
+    let mut out = Vec::new();
+    for d in dirs {
+        out.push(stamp(d));
+        let mut files: Vec<PathBuf> = std::fs::read_dir(d)
+            .map(|r| r.filter_map(|e| Some(e.ok()?.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        out.extend(files.iter().map(|f| stamp(f)));
+    }
+    out
 }
 
 /// A fixed inventory, for tests and for `nvidia-shim list` against a saved inventory.
@@ -41,6 +71,7 @@ impl Discovery for Fixed {
 pub struct Host {
     cfg: DriverConfig,
     memo: Mutex<Option<Arc<Inventory>>>,
+    cdi_memo: Mutex<Option<(CdiStamp, Arc<crate::cdi::Registry>)>>,
 }
 
 impl Host {
@@ -49,6 +80,7 @@ impl Host {
         Self {
             cfg,
             memo: Mutex::new(None),
+            cdi_memo: Mutex::new(None),
         }
     }
 
@@ -106,6 +138,20 @@ impl Discovery for Host {
         let inv = Arc::new(inv);
         *memo = Some(inv.clone());
         Ok(inv)
+    }
+
+    #[tracing::instrument(name = "cdi_registry", level = "debug", skip_all)]
+    fn cdi_registry(&self, dirs: &[PathBuf]) -> Arc<crate::cdi::Registry> {
+        let stamp = cdi_stamp(dirs);
+        let mut memo = self.cdi_memo.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((s, reg)) = memo.as_ref() {
+            if *s == stamp {
+                return reg.clone();
+            }
+        }
+        let reg = Arc::new(crate::cdi::Registry::load(dirs));
+        *memo = Some((stamp, reg.clone()));
+        reg
     }
 }
 
@@ -321,6 +367,31 @@ pub fn discover(cfg: &DriverConfig, version: &str) -> Result<Inventory, GpuError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cdi_registry_is_cached_until_a_spec_changes() {
+        let d = tempfile::tempdir().unwrap();
+        let spec = |dev: &str| {
+            format!("cdiVersion: \"0.5.0\"\nkind: \"example.com/dev\"\ndevices:\n  - name: \"{dev}\"\n    containerEdits:\n      env: [\"X=1\"]\n")
+        };
+        std::fs::write(d.path().join("a.yaml"), spec("a")).unwrap();
+        let host = Host::new(DriverConfig::default());
+        let dirs = [d.path().to_path_buf()];
+        let first = host.cdi_registry(&dirs);
+        assert!(
+            Arc::ptr_eq(&first, &host.cdi_registry(&dirs)),
+            "unchanged specs are parsed again"
+        );
+        let names = ["example.com/dev=b".to_string()];
+        assert!(first.apply(&names, &mut crate::Plan::default()).is_err());
+        std::fs::write(d.path().join("b.yaml"), spec("b")).unwrap();
+        let second = host.cdi_registry(&dirs);
+        assert!(
+            !Arc::ptr_eq(&first, &second),
+            "a new spec file was not seen"
+        );
+        assert!(second.apply(&names, &mut crate::Plan::default()).is_ok());
+    }
 
     #[test]
     fn cuda_fallback_table() {

@@ -9,7 +9,7 @@ use nvml_wrapper::enum_wrappers::device::Brand;
 use nvml_wrapper::Nvml;
 
 use super::files::node_from_major;
-use crate::inventory::{DeviceNode, Gpu, MigDevice};
+use crate::inventory::{normalise_bus_id, DeviceNode, Gpu, MigDevice};
 
 /// What NVML told us.
 pub struct NvmlFacts {
@@ -24,19 +24,6 @@ fn brand_name(b: Brand) -> String {
     match s.as_str() {
         "Titan" => "TITAN".into(),
         _ => s,
-    }
-}
-
-/// Normalises NVML's `00000000:00:04.0` to procfs's `0000:00:04.0`.
-/// Anything that is not an ASCII hex domain comes back lowercased and otherwise untouched: the
-/// id may be a container's request, not NVML's answer.
-pub fn normalise_bus_id(id: &str) -> String {
-    let id = id.to_ascii_lowercase();
-    match id.split_once(':') {
-        Some((dom, rest)) if dom.len() > 4 && dom.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            format!("{}:{rest}", &dom[dom.len() - 4..])
-        }
-        _ => id,
     }
 }
 

@@ -50,7 +50,7 @@ fn resolve<'a>(id: &str, inv: &'a Inventory) -> Result<Selected<'a>, GpuError> {
             return Ok(Selected::Gpu(g));
         }
         if g.pci_bus_id.eq_ignore_ascii_case(id)
-            || crate::discover::nvml::normalise_bus_id(id) == g.pci_bus_id
+            || crate::inventory::normalise_bus_id(id) == g.pci_bus_id
         {
             return Ok(Selected::Gpu(g));
         }
