@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use gpu_core::discover::{Discovery, Host};
 use gpu_core::inventory::{Capability, DeviceNode, Inventory};
+use gpu_core::plan::{ImageLayout, Plan};
+use gpu_core::request::{Devices, Request};
 use serde_json::{json, Value};
 
 use super::{load_config, CliError, CliResult};
@@ -30,10 +32,6 @@ pub enum CdiCommand {
 
 fn node(n: &DeviceNode) -> Value {
     json!({"path": n.path, "type": "c", "major": n.major, "minor": n.minor, "fileMode": n.mode, "permissions": "rw"})
-}
-
-fn ro(src: &std::path::Path, dst: &str) -> Value {
-    json!({"hostPath": src, "containerPath": dst, "options": ["ro", "nosuid", "nodev", "rbind", "rprivate"]})
 }
 
 /// Builds the spec as a JSON value.
@@ -58,41 +56,61 @@ pub fn generate(inv: &Inventory) -> Value {
     if !all_nodes.is_empty() {
         devices.push(json!({"name": "all", "containerEdits": {"deviceNodes": all_nodes}}));
     }
-    let libdir = format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH);
-    let caps = [Capability::Utility, Capability::Compute];
-    let mut mounts = Vec::new();
-    for lib in inv.libraries.iter().filter(|l| {
-        !l.is_32bit
-            && caps
-                .iter()
-                .any(|c| c.libraries().contains(&l.prefix.as_str()))
-    }) {
-        mounts.push(ro(&lib.path, &format!("{libdir}/{}", lib.file_name)));
-        if let Some(so) = lib.soname.as_ref().filter(|s| **s != lib.file_name) {
-            mounts.push(ro(&lib.path, &format!("{libdir}/{so}")));
-        }
-    }
-    for b in &inv.binaries {
-        if caps.iter().any(|c| c.binaries().contains(&b.name.as_str())) {
-            mounts.push(ro(&b.path, &format!("/usr/bin/{}", b.name)));
-        }
-    }
-    for (src, dst) in &inv.firmware {
-        mounts.push(ro(src, dst));
-    }
-    for (src, dst) in &inv.sockets {
-        mounts.push(json!({"hostPath": src, "containerPath": dst, "options": ["nosuid", "nodev", "noexec", "rbind", "rprivate"]}));
-    }
+    let (common, env) = common_edits(inv);
     json!({
         "cdiVersion": "0.5.0",
         "kind": "nvidia.com/gpu",
         "devices": devices,
         "containerEdits": {
-            "env": ["NVIDIA_VISIBLE_DEVICES=void"],
-            "deviceNodes": inv.control_nodes.iter().filter(|n| n.path != "/dev/nvidia-modeset").map(node).collect::<Vec<_>>(),
-            "mounts": mounts,
+            "env": env,
+            "deviceNodes": common.devices.iter().map(node).collect::<Vec<_>>(),
+            "mounts": mounts(&common),
         },
     })
+}
+
+/// The edits every device shares, from the same planner the shim uses: a request for no GPU
+/// with the `utility` and `compute` capabilities, for a Debian-family image.
+fn common_edits(inv: &Inventory) -> (Plan, Vec<String>) {
+    let req = Request {
+        devices: Some(Devices::NoGpus),
+        capabilities: [Capability::Utility, Capability::Compute].into(),
+        requirements: Vec::new(),
+        mig_config: false,
+        mig_monitor: false,
+        cdi_devices: Vec::new(),
+        source: "cdi",
+        cuda_compat: false,
+    };
+    let layout = ImageLayout {
+        libdir: format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH),
+        libdir32: "/usr/lib/i386-linux-gnu".into(),
+        ..Default::default()
+    };
+    // A request for no GPU has no requirement to fail.
+    let p = gpu_core::plan::plan(&req, inv, &layout).unwrap_or_default();
+    let mut env = vec!["NVIDIA_VISIBLE_DEVICES=void".to_string()];
+    env.extend(p.env.iter().cloned());
+    (p, env)
+}
+
+/// The plan's binds, plus one at each soname: without hooks nothing creates the plan's soname
+/// links or loader cache in a container that another runtime starts from this spec.
+fn mounts(p: &Plan) -> Vec<Value> {
+    let mut out: Vec<Value> = p
+        .mounts
+        .iter()
+        .map(
+            |m| json!({"hostPath": m.source, "containerPath": m.destination, "options": m.options}),
+        )
+        .collect();
+    for l in &p.links {
+        let target = format!("{}/{}", l.dir.trim_end_matches('/'), l.target);
+        if let Some(m) = p.mounts.iter().find(|m| m.destination == target) {
+            out.push(json!({"hostPath": m.source, "containerPath": format!("{}/{}", l.dir.trim_end_matches('/'), l.name), "options": m.options}));
+        }
+    }
+    out
 }
 
 /// Runs `cdi generate`.
