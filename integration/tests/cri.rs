@@ -77,7 +77,11 @@ const CHECK: &str =
 fn pod_gets_gpus_by_every_device_plugin_route(version: Version) -> Result<()> {
     let mut l = lab(version)?;
     let cri = &mut l.cri;
-    let pod_config = cri.pod_config("gpu-pod");
+    let mut pod_config = cri.pod_config("gpu-pod");
+    // The opt-in for GPU-aware pause is a pod annotation the deploy snippets pass through.
+    pod_config
+        .annotations
+        .insert("nvidia.com/gpu-suspend-on-pause".into(), "true".into());
     let pod = cri.run_pod(&pod_config, HANDLER)?;
     let spec = cri.spec_of(&pod)?;
     ensure!(
@@ -143,6 +147,25 @@ fn pod_gets_gpus_by_every_device_plugin_route(version: Version) -> Result<()> {
         no_duplicates("mount destinations", &spec_mount_destinations(&spec))?;
         ids.push(id);
     }
+
+    // The first (env) container: the pod annotation reached its spec, and its assignment
+    // record names the pod as Kubernetes knows it.
+    let spec = cri.spec_of(&ids[0])?;
+    ensure!(
+        spec["annotations"]["nvidia.com/gpu-suspend-on-pause"] == "true",
+        "pod_annotations did not pass the opt-in: {}",
+        spec["annotations"]
+    );
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        cri.c.bundle(&ids[0]).join("nvidia-gpus.json"),
+    )?)?;
+    ensure!(
+        record["pod"]["name"] == "gpu-pod"
+            && record["pod"]["container"] == "env"
+            && record["requested_by"] == "env"
+            && record["devices"] == serde_json::json!(["/dev/nvidia1"]),
+        "assignment record: {record}"
+    );
 
     // A sibling in the same pod that asked for nothing gets nothing.
     let plain = cri.start_container(
