@@ -94,27 +94,8 @@ printf '/usr/local/stubs\n%s\n/usr%s\n' "$MA" "$MA" >"$R/etc/ld.so.conf"
 printf '%s\n/usr%s\n' "$MA" "$MA" >"$R/etc/ld.so.conf"
 log "image cache before injection: $("$LDCONFIG" -p -C "$R/etc/ld.so.cache" 2>/dev/null | grep libcuda | oneline)"
 
-pack_image() { # rootfs name tar
-    local L="$W/layout"
-    rm -rf "$L"
-    mkdir -p "$L/blobs/sha256"
-    tar --numeric-owner -C "$1" -cf "$W/layer.tar" .
-    local ld ls cd cs md ms
-    ld=$(sha256sum "$W/layer.tar" | cut -d' ' -f1)
-    ls=$(stat -c %s "$W/layer.tar")
-    mv "$W/layer.tar" "$L/blobs/sha256/$ld"
-    printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$ld" >"$W/c.json"
-    cd=$(sha256sum "$W/c.json" | cut -d' ' -f1)
-    cs=$(stat -c %s "$W/c.json")
-    mv "$W/c.json" "$L/blobs/sha256/$cd"
-    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' "$cd" "$cs" "$ld" "$ls" >"$W/m.json"
-    md=$(sha256sum "$W/m.json" | cut -d' ' -f1)
-    ms=$(stat -c %s "$W/m.json")
-    mv "$W/m.json" "$L/blobs/sha256/$md"
-    printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"io.containerd.image.name":"%s"}}]}' "$md" "$ms" "$2" >"$L/index.json"
-    echo '{"imageLayoutVersion":"1.0.0"}' >"$L/oci-layout"
-    tar -C "$L" -cf "$3" .
-}
+# Images are packed by the tests' own packer (integration/src/image.rs).
+pack_image() { "$W/bin/pack-image" "$1" "$2" "$3"; } # rootfs name tar
 IMG=docker.io/library/gpu-acceptance:latest
 pack_image "$R" "$IMG" "$W/image.tar"
 SNAP=overlayfs
