@@ -42,11 +42,10 @@ fetch_containerd() { # suite dir
 fetch_containerd sid .cache/containerd2
 fetch_containerd trixie .cache/containerd17
 
-# Python tools from PyPI, pinned, in .cache/pytools: kubernetes-validate checks the manifests
-# offline (its schemas are in the package); ziglang + cargo-zigbuild link the release binaries of
-# `just image` against glibc 2.31, so they run on older GPU node OSes.
-if [ ! -x .cache/pytools/bin/kubernetes-validate ] || [ ! -x .cache/pytools/bin/cargo-zigbuild ]; then
+# kubernetes-validate (PyPI, pinned, in .cache/pytools) checks the manifests offline: its
+# Kubernetes schemas come with the package.
+if [ ! -x .cache/pytools/bin/kubernetes-validate ]; then
     command -v python3 >/dev/null || apt-get install -y -qq python3 python3-venv >/dev/null
     python3 -m venv .cache/pytools
-    .cache/pytools/bin/pip install -q kubernetes-validate==1.37.0 ziglang==0.17.0 cargo-zigbuild==0.24.1
+    .cache/pytools/bin/pip install -q kubernetes-validate==1.37.0
 fi
