@@ -321,14 +321,15 @@ fn cli(args: &[&str]) -> Result<Output> {
 
 /// `nvidia-shim install` by hand with node paths under `d` and no restart.
 fn by_hand(d: &Path, src: &Path, sub: &str, extra: &[&str]) -> Result<Output> {
+    let mut args = by_hand_args(d, src, sub);
+    args.extend(["--restart".to_string(), "none".into()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn by_hand_args(d: &Path, src: &Path, sub: &str) -> Vec<String> {
     let p = |s: &str| d.join(s).display().to_string();
-    let mut args = vec![
-        sub.to_string(),
-        "--bin-dir".into(),
-        p("bin"),
-        "--restart".into(),
-        "none".into(),
-    ];
+    let mut args = vec![sub.to_string(), "--bin-dir".into(), p("bin")];
     if sub == "install" {
         for (f, v) in [
             ("--source-dir", src.display().to_string()),
@@ -341,8 +342,69 @@ fn by_hand(d: &Path, src: &Path, sub: &str, extra: &[&str]) -> Result<Output> {
         }
         args.push("--no-cdi".into());
     }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    args
+}
+
+/// `--restart systemd` by hand: `systemctl restart containerd` runs (a stand-in `systemctl`
+/// first on PATH records its arguments and stops the daemon, which this test's supervisor then
+/// starts again, as systemd would), and install waits for the new daemon to answer.
+#[test]
+fn restart_through_systemctl() -> Result<()> {
+    let d = tempfile::tempdir()?;
+    let src = d.path().join("src");
+    fs::create_dir_all(&src)?;
+    for b in installer::BINARIES {
+        fs::copy(bin_dir().join(b), src.join(b))?;
+    }
+    let cfg = d.path().join("etc/containerd/config.toml");
+    fs::create_dir_all(cfg.parent().context("parent")?)?;
+    fs::write(&cfg, "version = 2\n")?;
+    let mut node = Containerd::start()?;
+    let old = node.pid().context("containerd pid")?;
+    let fake = d.path().join("fakebin");
+    fs::create_dir_all(&fake)?;
+    let calls = d.path().join("systemctl.calls");
+    fs::write(
+        fake.join("systemctl"),
+        format!(
+            "#!/bin/sh\necho \"$@\" >>{}\nkill -HUP {old}\n",
+            calls.display()
+        ),
+    )?;
+    Command::new("chmod")
+        .arg("755")
+        .arg(fake.join("systemctl"))
+        .status()?;
+    let mut args = by_hand_args(d.path(), &src, "install");
+    let sock = node.address().display().to_string();
+    args.extend(["--restart", "systemd", "--containerd-socket", &sock].map(String::from));
+    let path = format!(
+        "{}:{}",
+        fake.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let child = Command::new(bin_dir().join("nvidia-shim"))
+        .args(&args)
+        .env("PATH", path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    node.relaunch_after_exit(std::time::Duration::from_secs(60))?;
+    let out = child.wait_with_output()?;
+    let new = node.pid().context("containerd pid")?;
+    ensure!(out.status.success(), "{out:?}");
+    ensure!(
+        fs::read_to_string(&calls)?.trim() == "restart containerd",
+        "systemctl was called with {:?}",
+        fs::read_to_string(&calls)?
+    );
+    ensure!(
+        stdout(&out).contains(&format!("restarted by systemd: now pid {new}")),
+        "{out:?}"
+    );
+    let out = by_hand(d.path(), &src, "uninstall", &[])?;
+    ensure!(out.status.success(), "{out:?}");
+    node.assert_clean()
 }
 
 #[test]
