@@ -13,7 +13,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::config::{DriverConfig, ShimConfig};
+use crate::config::{CoreConfig, DriverConfig};
 use crate::ldcache::{self, Entry};
 
 /// Driver version of every fake host.
@@ -345,9 +345,9 @@ impl FakeHost {
         Ok("bench.example/lib=many".into())
     }
 
-    /// A shim config pointing at this host (cache and CDI dirs inside `dir`).
-    pub fn config(&self) -> ShimConfig {
-        let mut c = ShimConfig {
+    /// The config sections gpu-core reads, pointing at this host (cache and CDI dirs inside `dir`).
+    pub fn config(&self) -> CoreConfig {
+        let mut c = CoreConfig {
             driver: DriverConfig {
                 root: self.root.clone(),
                 dev_root: self.dev_root.clone(),

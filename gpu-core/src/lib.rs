@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use oci_spec::runtime::Spec;
 
-pub use config::ShimConfig;
+pub use config::CoreConfig;
 use discover::Discovery;
 pub use error::GpuError;
 pub use inventory::Inventory;
@@ -56,24 +56,24 @@ pub struct Injected {
 
 /// The shim's handle on gpu-core: configuration plus the discovery seam.
 pub struct Injector {
-    config: ShimConfig,
+    config: CoreConfig,
     discovery: Arc<dyn Discovery>,
 }
 
 impl Injector {
     /// An injector over the real host; nothing is read until a container asks for a GPU.
-    pub fn new(config: ShimConfig) -> Self {
+    pub fn new(config: CoreConfig) -> Self {
         let discovery = Arc::new(discover::Host::new(config.driver.clone()));
         Self { config, discovery }
     }
 
     /// An injector over another discovery (tests use [`discover::Fixed`]).
-    pub fn with_discovery(config: ShimConfig, discovery: Arc<dyn Discovery>) -> Self {
+    pub fn with_discovery(config: CoreConfig, discovery: Arc<dyn Discovery>) -> Self {
         Self { config, discovery }
     }
 
     /// The configuration in force.
-    pub fn config(&self) -> &ShimConfig {
+    pub fn config(&self) -> &CoreConfig {
         &self.config
     }
 

@@ -1,6 +1,6 @@
 //! Property-based fuzzing, on the stable toolchain, of every parser that sees input a container
 //! or its image controls: the ld.so.cache reader, the ELF soname reader, the requirement grammar,
-//! the request parser with planning, the CDI spec loader and the shim config.
+//! the request parser with planning and the CDI spec loader (the config file: shim/config).
 //!
 //! Each case must not panic, must stay within a memory bound (counted by the allocator below) and
 //! a time bound. The seed is fixed so `just test` is repeatable; `FUZZ_CASES` raises the case
@@ -15,7 +15,7 @@ use gpu_core::discover::{Discovery, Fixed, Host};
 use gpu_core::fixture::{build_lib, crafted_ld_cache, FakeHost, Layout};
 use gpu_core::ldcache::{self, Entry, Limits};
 use gpu_core::plan::ImageLayout;
-use gpu_core::{Injector, ShimConfig};
+use gpu_core::{CoreConfig, Injector};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestRunner};
 
@@ -247,8 +247,8 @@ fn requirement_grammar_is_bounded() {
 }
 
 /// One fake host for the planning harnesses (building it compiles the fake libraries).
-fn host() -> &'static (tempfile::TempDir, ShimConfig, Arc<gpu_core::Inventory>) {
-    static HOST: OnceLock<(tempfile::TempDir, ShimConfig, Arc<gpu_core::Inventory>)> =
+fn host() -> &'static (tempfile::TempDir, CoreConfig, Arc<gpu_core::Inventory>) {
+    static HOST: OnceLock<(tempfile::TempDir, CoreConfig, Arc<gpu_core::Inventory>)> =
         OnceLock::new();
     HOST.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
@@ -400,31 +400,6 @@ fn cdi_spec_loader_is_bounded() {
                 let mut plan = gpu_core::Plan::default();
                 if let Err(e) = reg.apply(&names, &mut plan) {
                     assert!(e.to_string().len() <= 16 << 10);
-                }
-            });
-            Ok(())
-        })
-        .unwrap();
-}
-
-#[test]
-fn config_parser_is_bounded() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let example = include_str!("../../deploy/nvidia-shim.toml")
-        .as_bytes()
-        .to_vec();
-    let input = prop_oneof![
-        mutated(example),
-        prop::collection::vec(any::<u8>(), 0..256),
-        "\\[(runc|driver|gpu|log)\\]\n[a-z_]{1,24} = (true|1|\"[a-z/]{0,12}\"|\\[\\]|[0-9]{1,25})\n"
-            .prop_map(String::into_bytes),
-    ];
-    runner(400)
-        .run(&input, |bytes| {
-            let text = String::from_utf8_lossy(&bytes).into_owned();
-            bounded("config", 4 * MIB, Duration::from_millis(500), || {
-                if let Err(e) = ShimConfig::parse(&text, "fuzz") {
-                    assert!(!e.to_string().is_empty());
                 }
             });
             Ok(())

@@ -6,7 +6,7 @@ use gpu_core::discover::{Discovery, Fixed, Host};
 use gpu_core::fixture::{FakeHost, Layout, VERSION};
 use gpu_core::inventory::GpuSource;
 use gpu_core::plan::ImageLayout;
-use gpu_core::{Injector, Plan, ShimConfig};
+use gpu_core::{CoreConfig, Injector, Plan};
 use oci_spec::runtime::Spec;
 
 fn spec(env: &[&str], annotations: &[(&str, &str)], privileged: bool) -> Spec {
@@ -49,7 +49,7 @@ fn env(layout: Layout, gpus: usize) -> Env {
     env_with(layout, gpus, |_| {})
 }
 
-fn env_with(layout: Layout, gpus: usize, tweak: impl FnOnce(&mut ShimConfig)) -> Env {
+fn env_with(layout: Layout, gpus: usize, tweak: impl FnOnce(&mut CoreConfig)) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let host = FakeHost::build(dir.path(), layout, gpus).unwrap();
     let mut cfg = host.config();

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::{Message, MessageField};
-use gpu_core::ShimConfig;
+use nvidia_shim_config::ShimConfig;
 
 use crate::publisher::now;
 use crate::runc::RuncError;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gpu_core::{GpuError, Injected, Injector, ShimConfig};
+use gpu_core::{CoreConfig, GpuError, Injected, Injector};
 
 use crate::errors::ShimError;
 use oci_spec::runtime::Spec;
@@ -28,12 +28,12 @@ pub enum Outcome {
 /// driver version, bus ids and MIG layout before reusing it).
 #[derive(Default)]
 pub struct Injectors {
-    by_config: std::sync::Mutex<Vec<(ShimConfig, Arc<Injector>)>>,
+    by_config: std::sync::Mutex<Vec<(CoreConfig, Arc<Injector>)>>,
 }
 
 impl Injectors {
     /// The injector for `cfg`, made on first use.
-    pub fn get(&self, cfg: ShimConfig) -> Arc<Injector> {
+    pub fn get(&self, cfg: CoreConfig) -> Arc<Injector> {
         let mut all = self.by_config.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, i)) = all.iter().find(|(c, _)| *c == cfg) {
             return i.clone();
@@ -49,7 +49,7 @@ impl Injectors {
 pub async fn run(
     id: &str,
     injectors: &Injectors,
-    cfg: ShimConfig,
+    cfg: CoreConfig,
     spec: Spec,
     rootfs: PathBuf,
 ) -> Result<Outcome, ShimError> {

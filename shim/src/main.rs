@@ -76,7 +76,7 @@ fn info() -> i32 {
     let features = rt.block_on(async {
         let _ = reaper::start();
         let runc = containerd_shim_nvidia_v2::runc::Runc {
-            binary: gpu_core::ShimConfig::default().runc.binary,
+            binary: nvidia_shim_config::ShimConfig::default().runc.binary,
             root: "/run/containerd/runc".into(),
             systemd_cgroup: false,
             log: "/dev/null".into(),

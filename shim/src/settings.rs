@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use gpu_core::config::{ConfigError, ShimConfig, CONFIG_ENV};
+use nvidia_shim_config::{ConfigError, ShimConfig, CONFIG_ENV};
 use nvidia_shim_proto::ShimOptions;
 use serde::{Deserialize, Serialize};
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use gpu_core::assignment::{cgroup_key, gpu_minor, in_cgroup, Assignment, PodRef};
 use gpu_core::discover::usage::{self, GpuUsage};
 use gpu_core::discover::{Discovery, Host};
-use gpu_core::ShimConfig;
+use nvidia_shim_config::ShimConfig;
 use serde::Serialize;
 
 use crate::CliError;

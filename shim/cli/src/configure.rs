@@ -16,7 +16,7 @@ pub enum ContainerdCommand {
         #[command(flatten)]
         common: Common,
         /// The shim config the runtime's ConfigPath option names.
-        #[arg(long, value_name = "FILE", default_value = gpu_core::config::DEFAULT_CONFIG_PATH)]
+        #[arg(long, value_name = "FILE", default_value = nvidia_shim_config::DEFAULT_CONFIG_PATH)]
         shim_config: String,
         /// Also make `nvidia` containerd's default runtime.
         #[arg(long)]

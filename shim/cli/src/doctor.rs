@@ -90,7 +90,11 @@ fn delegate_check(binary: &str, found: Option<&Path>, v2: bool) -> Check {
 }
 
 /// The device nodes, and their `/dev/char` links (created with `fix`).
-fn node_checks(cfg: &gpu_core::ShimConfig, inv: &gpu_core::Inventory, fix: bool) -> Vec<Check> {
+fn node_checks(
+    cfg: &nvidia_shim_config::ShimConfig,
+    inv: &gpu_core::Inventory,
+    fix: bool,
+) -> Vec<Check> {
     let mut checks = Vec::new();
     let mut nodes: Vec<DeviceNode> = inv.control_nodes.clone();
     nodes.extend(inv.gpus.iter().map(|g| g.node.clone()));
@@ -150,7 +154,7 @@ fn node_checks(cfg: &gpu_core::ShimConfig, inv: &gpu_core::Inventory, fix: bool)
 }
 
 /// The driver, its device nodes and their `/dev/char` links (created with `fix`).
-fn driver_checks(cfg: &gpu_core::ShimConfig, fix: bool) -> Vec<Check> {
+fn driver_checks(cfg: &nvidia_shim_config::ShimConfig, fix: bool) -> Vec<Check> {
     let inv = match Host::new(cfg.driver.clone()).inventory() {
         Err(e) => {
             return vec![Check {
@@ -192,7 +196,7 @@ fn driver_checks(cfg: &gpu_core::ShimConfig, fix: bool) -> Vec<Check> {
 }
 
 /// The delegate: found, and able to run on this host's cgroup hierarchy.
-fn runc_checks(cfg: &gpu_core::ShimConfig) -> Vec<Check> {
+fn runc_checks(cfg: &nvidia_shim_config::ShimConfig) -> Vec<Check> {
     let runc = if Path::new(&cfg.runc.binary).is_absolute() {
         Some(PathBuf::from(&cfg.runc.binary)).filter(|p| p.is_file())
     } else {

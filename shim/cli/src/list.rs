@@ -69,7 +69,7 @@ pub fn run(config: Option<&Path>, args: ListArgs) -> CliResult {
         env.push("NVIDIA_VISIBLE_DEVICES=all".into());
     }
     let (cfg, _) = load_config(config)?;
-    let injector = Injector::new(cfg);
+    let injector = Injector::new(cfg.core());
     let layout = ImageLayout {
         libdir: format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH),
         libdir32: "/usr/lib/i386-linux-gnu".into(),

@@ -19,7 +19,7 @@ mod top;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
-use gpu_core::ShimConfig;
+use nvidia_shim_config::ShimConfig;
 
 /// Exit code for an operation that failed.
 const EXIT_FAILED: i32 = 1;
@@ -99,7 +99,7 @@ enum Command {
 
 /// Loads the shim config the way the shim does, with `--config` in place of ConfigPath.
 fn load_config(path: Option<&Path>) -> Result<(ShimConfig, String), CliError> {
-    let env = std::env::var_os(gpu_core::config::CONFIG_ENV).map(PathBuf::from);
+    let env = std::env::var_os(nvidia_shim_config::CONFIG_ENV).map(PathBuf::from);
     ShimConfig::load(path, None, env.as_deref())
         .map(|(c, s)| (c, s.to_string()))
         .map_err(|e| CliError::failed(e.to_string()))

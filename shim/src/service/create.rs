@@ -4,7 +4,7 @@
 use super::*;
 use crate::suspend;
 use gpu_core::assignment::Assignment;
-use gpu_core::ShimConfig;
+use nvidia_shim_config::ShimConfig;
 
 impl Service {
     #[tracing::instrument(name = "create", level = "debug", skip_all, fields(id = %req.id))]
@@ -19,7 +19,7 @@ impl Service {
         let rootfs = RootfsGuard::mount(&bundle, &req.rootfs)?;
         let record = cfg.gpu.record_assignments;
         let suspend = (suspend::wanted(&spec, cfg.gpu.suspend_on_pause))
-            .then(|| (self.injectors.get(cfg.clone()), cfg.gpu.suspend_timeout_ms));
+            .then(|| (self.injectors.get(cfg.core()), cfg.gpu.suspend_timeout_ms));
         let (spec, assignment) = self.gpu_stage(&req.id, cfg, spec, &bundle).await?;
         let uris = StdioUris {
             stdin: req.stdin.clone(),
@@ -133,7 +133,7 @@ impl Service {
         } else {
             bundle.join(root_path)
         };
-        match crate::gpu_stage::run(id, &self.injectors, cfg, spec, root_path).await? {
+        match crate::gpu_stage::run(id, &self.injectors, cfg.core(), spec, root_path).await? {
             crate::gpu_stage::Outcome::Untouched(spec) => Ok((spec, None)),
             crate::gpu_stage::Outcome::Injected(spec, done) => {
                 let data = serde_json::to_vec(&spec)

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 
 use gpu_core::discover::Host;
-use gpu_core::ShimConfig;
+use nvidia_shim_config::ShimConfig;
 
 use super::host::{remove, replace, same_content, HostRoot, Record};
 use super::{step, InstallArgs, CLI_BIN, SHIM_BIN};

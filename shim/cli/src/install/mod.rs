@@ -15,7 +15,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gpu_core::config::DEFAULT_CONFIG_PATH;
+use nvidia_shim_config::DEFAULT_CONFIG_PATH;
 
 use crate::configure::DEFAULT_CONTAINERD_CONFIG;
 use crate::{CliError, CliResult};
