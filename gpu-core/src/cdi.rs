@@ -3,7 +3,6 @@
 //! and a spec that asks for an OCI hook is refused: hooks are never run.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -219,7 +218,12 @@ impl Registry {
     }
 
     /// Resolves `names` into edits added to `plan` (spec-level edits once per spec file).
-    pub fn apply(&self, names: &[String], plan: &mut Plan) -> Result<(), GpuError> {
+    pub fn apply(
+        &self,
+        names: &[String],
+        plan: &mut Plan,
+        host: &dyn crate::discover::Discovery,
+    ) -> Result<(), GpuError> {
         let missing: Vec<&String> = names
             .iter()
             .filter(|n| !self.devices.contains_key(*n))
@@ -269,7 +273,7 @@ impl Registry {
                         e.file.display()
                     )));
                 }
-                add_edits(n, edits, plan)?;
+                add_edits(n, edits, plan, host)?;
             }
             plan.selected.push(n.clone());
         }
@@ -278,8 +282,11 @@ impl Registry {
 }
 
 /// A CDI device node: numbers from the spec, or from the host node when the spec leaves them out.
-fn device_node(name: &str, n: &Node) -> Result<DeviceNode, GpuError> {
-    let host = n.host_path.clone().unwrap_or_else(|| n.path.clone());
+fn device_node(
+    name: &str,
+    n: &Node,
+    host: &dyn crate::discover::Discovery,
+) -> Result<DeviceNode, GpuError> {
     let (major, minor, mode, gid) = match (n.typ.as_deref(), n.major, n.minor) {
         (Some("c") | None, Some(ma), mi) => (
             ma,
@@ -288,20 +295,11 @@ fn device_node(name: &str, n: &Node) -> Result<DeviceNode, GpuError> {
             n.gid.unwrap_or(0),
         ),
         _ => {
-            let m = std::fs::metadata(&host).map_err(|err| {
-                GpuError::Refused(format!("CDI device {name}: device node {host}: {err}"))
+            let path = n.host_path.as_deref().unwrap_or(&n.path);
+            let (ma, mi, mode, gid) = host.host_char_device(Path::new(path)).map_err(|e| {
+                GpuError::Refused(format!("CDI device {name}: device node {path}: {e}"))
             })?;
-            if !m.file_type().is_char_device() {
-                return Err(GpuError::Refused(format!(
-                    "CDI device {name}: {host} is not a character device"
-                )));
-            }
-            (
-                libc::major(m.rdev()) as i64,
-                libc::minor(m.rdev()) as i64,
-                n.file_mode.unwrap_or(m.mode() & 0o7777),
-                n.gid.unwrap_or(m.gid()),
-            )
+            (ma, mi, n.file_mode.unwrap_or(mode), n.gid.unwrap_or(gid))
         }
     };
     Ok(DeviceNode {
@@ -317,7 +315,7 @@ fn device_node(name: &str, n: &Node) -> Result<DeviceNode, GpuError> {
 /// A CDI mount; a shared library mounted this way resolves like an injected one: its soname goes
 /// into the container's loader cache (specs from hook-based generators expect a hook to run
 /// ldconfig; we never run one).
-fn add_mount(m: &Mount, plan: &mut Plan) {
+fn add_mount(m: &Mount, plan: &mut Plan, host: &dyn crate::discover::Discovery) {
     plan.mounts.retain(|x| x.destination != m.container_path);
     let mut options = m.options.clone();
     if m.typ.as_deref().is_none_or(|t| t == "bind")
@@ -337,11 +335,8 @@ fn add_mount(m: &Mount, plan: &mut Plan) {
     if !(base.starts_with("lib") && base.contains(".so")) {
         return;
     }
-    let Some(info) = crate::elf::read(Path::new(&m.host_path)) else {
-        return;
-    };
-    if let Some(so) = info.soname {
-        let flags = if info.is_64bit {
+    if let Some((so, is_64bit)) = host.library_soname(Path::new(&m.host_path)) {
+        let flags = if is_64bit {
             crate::ldcache::FLAGS_LIB64
         } else {
             crate::ldcache::FLAGS_LIB32
@@ -354,7 +349,12 @@ fn add_mount(m: &Mount, plan: &mut Plan) {
     }
 }
 
-fn add_edits(name: &str, e: &Edits, plan: &mut Plan) -> Result<(), GpuError> {
+fn add_edits(
+    name: &str,
+    e: &Edits,
+    plan: &mut Plan,
+    host: &dyn crate::discover::Discovery,
+) -> Result<(), GpuError> {
     for kv in &e.env {
         if kv.find('=').is_none_or(|i| i == 0) {
             return Err(GpuError::Refused(format!(
@@ -364,7 +364,7 @@ fn add_edits(name: &str, e: &Edits, plan: &mut Plan) -> Result<(), GpuError> {
         plan.env.push(kv.clone());
     }
     for n in &e.device_nodes {
-        let node = device_node(name, n)?;
+        let node = device_node(name, n, host)?;
         plan.devices.retain(|d| d.path != n.path);
         plan.devices.push(node);
         if n.permissions.as_deref() == Some("none") {
@@ -372,9 +372,51 @@ fn add_edits(name: &str, e: &Edits, plan: &mut Plan) -> Result<(), GpuError> {
         }
     }
     for m in &e.mounts {
-        add_mount(m, plan);
+        add_mount(m, plan, host);
     }
     plan.additional_gids
         .extend(e.additional_gids.iter().filter(|g| **g != 0));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discover::Discovery;
+    use crate::inventory::Inventory;
+    use std::sync::Arc;
+
+    /// A host that exists only in answers: planning CDI edits asks it, never the filesystem.
+    struct Answers;
+
+    impl Discovery for Answers {
+        fn inventory(&self) -> Result<Arc<Inventory>, GpuError> {
+            Err(GpuError::Refused("not needed".into()))
+        }
+        fn host_char_device(&self, path: &Path) -> Result<(i64, i64, u32, u32), String> {
+            (path == Path::new("/nowhere/dev/gpu9"))
+                .then_some((195, 9, 0o660, 44))
+                .ok_or_else(|| "no such node".into())
+        }
+        fn library_soname(&self, path: &Path) -> Option<(String, bool)> {
+            (path == Path::new("/nowhere/libfoo.so.1.2.3")).then(|| ("libfoo.so.1".into(), true))
+        }
+    }
+
+    #[test]
+    fn host_facts_of_cdi_edits_come_through_the_seam() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("x.yaml"),
+            "cdiVersion: \"0.5.0\"\nkind: \"example.com/gpu\"\ndevices:\n  - name: \"9\"\n    containerEdits:\n      deviceNodes:\n        - path: \"/dev/gpu9\"\n          hostPath: \"/nowhere/dev/gpu9\"\n      mounts:\n        - hostPath: \"/nowhere/libfoo.so.1.2.3\"\n          containerPath: \"/usr/lib/libfoo.so.1.2.3\"\n",
+        )
+        .unwrap();
+        let reg = Registry::load(&[d.path().to_path_buf()]);
+        let mut plan = Plan::default();
+        reg.apply(&["example.com/gpu=9".into()], &mut plan, &Answers)
+            .unwrap();
+        let n = &plan.devices[0];
+        assert_eq!((n.major, n.minor, n.mode, n.gid), (195, 9, 0o660, 44));
+        assert_eq!(plan.ld_entries.len(), 1, "{:?}", plan.ld_entries);
+    }
 }

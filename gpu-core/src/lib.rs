@@ -166,7 +166,7 @@ impl Injector {
         if !req.cdi_devices.is_empty() {
             self.discovery
                 .cdi_registry(&self.config.gpu.cdi_spec_dirs)
-                .apply(&req.cdi_devices, &mut p)?;
+                .apply(&req.cdi_devices, &mut p, &*self.discovery)?;
         }
         Ok(p)
     }

@@ -398,7 +398,8 @@ fn cdi_spec_loader_is_bounded() {
             bounded("cdi", 32 * MIB, Duration::from_secs(1), || {
                 let reg = gpu_core::cdi::Registry::load(&dirs);
                 let mut plan = gpu_core::Plan::default();
-                if let Err(e) = reg.apply(&names, &mut plan) {
+                let host = gpu_core::discover::Host::new(Default::default());
+                if let Err(e) = reg.apply(&names, &mut plan, &host) {
                     assert!(e.to_string().len() <= 16 << 10);
                 }
             });

@@ -31,6 +31,29 @@ pub trait Discovery: Send + Sync {
     fn cdi_registry(&self, dirs: &[PathBuf]) -> Arc<crate::cdi::Registry> {
         Arc::new(crate::cdi::Registry::load(dirs))
     }
+
+    /// A host character device: `(major, minor, mode, gid)`, for CDI device nodes whose spec
+    /// leaves the numbers out.
+    fn host_char_device(&self, path: &Path) -> Result<(i64, i64, u32, u32), String> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let m = std::fs::metadata(path).map_err(|e| e.to_string())?;
+        if !m.file_type().is_char_device() {
+            return Err("not a character device".into());
+        }
+        Ok((
+            libc::major(m.rdev()) as i64,
+            libc::minor(m.rdev()) as i64,
+            m.mode() & 0o7777,
+            m.gid(),
+        ))
+    }
+
+    /// A host shared library's soname and whether it is 64-bit, for CDI-mounted libraries'
+    /// loader entries.
+    fn library_soname(&self, path: &Path) -> Option<(String, bool)> {
+        let info = crate::elf::read(path)?;
+        Some((info.soname?, info.is_64bit))
+    }
 }
 
 /// What identifies the CDI specs on disk: each directory's and each spec file's path,
@@ -383,14 +406,18 @@ mod tests {
             "unchanged specs are parsed again"
         );
         let names = ["example.com/dev=b".to_string()];
-        assert!(first.apply(&names, &mut crate::Plan::default()).is_err());
+        assert!(first
+            .apply(&names, &mut crate::Plan::default(), &host)
+            .is_err());
         std::fs::write(d.path().join("b.yaml"), spec("b")).unwrap();
         let second = host.cdi_registry(&dirs);
         assert!(
             !Arc::ptr_eq(&first, &second),
             "a new spec file was not seen"
         );
-        assert!(second.apply(&names, &mut crate::Plan::default()).is_ok());
+        assert!(second
+            .apply(&names, &mut crate::Plan::default(), &host)
+            .is_ok());
     }
 
     #[test]
