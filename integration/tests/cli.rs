@@ -87,6 +87,19 @@ fn info_and_list_on_a_fake_host() -> Result<()> {
     ensure!(stderr(&out).contains("unknown device \"9\""), "{out:?}");
     let out = cli(&["--config", &cfg, "list", "--bogus"])?;
     ensure!(out.status.code() == Some(2), "bad usage exits 2: {out:?}");
+    // --rootfs: the layout of a real image root, as the shim reads it (a /usr/lib64 one here).
+    let image = tempfile::tempdir()?;
+    std::fs::create_dir_all(image.path().join("usr/lib64"))?;
+    std::fs::write(image.path().join("usr/lib64/libc.so.6"), b"")?;
+    let rootfs = image.path().display().to_string();
+    let out = cli(&["--config", &cfg, "list", "--rootfs", &rootfs, "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out))?;
+    ensure!(
+        v["links"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x["path"] == "/usr/lib64/libcuda.so.1")),
+        "list --rootfs did not follow the image's layout: {v}"
+    );
     let out = cli(&["--config", "/nonexistent/shim.toml", "info"])?;
     ensure!(
         out.status.code() == Some(1) && stderr(&out).contains("/nonexistent/shim.toml"),

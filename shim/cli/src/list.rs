@@ -21,6 +21,10 @@ pub struct ListArgs {
     /// Print the plan as JSON.
     #[arg(long)]
     json: bool,
+    /// An image's unpacked root filesystem: plan for its library layout (as the shim reads it at
+    /// Create) instead of a Debian-family one.
+    #[arg(long, value_name = "DIR")]
+    rootfs: Option<std::path::PathBuf>,
 }
 
 fn spec_for(env: &[String], annotations: &[String]) -> Result<oci_spec::runtime::Spec, CliError> {
@@ -64,16 +68,24 @@ pub fn run(config: Option<&Path>, args: ListArgs) -> CliResult {
         mut env,
         annotation: annotations,
         json,
+        rootfs,
     } = args;
     if !env.iter().any(|e| e.starts_with("NVIDIA_VISIBLE_DEVICES=")) && annotations.is_empty() {
         env.push("NVIDIA_VISIBLE_DEVICES=all".into());
     }
     let (cfg, _) = load_config(config)?;
     let injector = Injector::new(cfg.core());
-    let layout = ImageLayout {
-        libdir: format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH),
-        libdir32: "/usr/lib/i386-linux-gnu".into(),
-        ..Default::default()
+    let layout = match rootfs {
+        Some(dir) => {
+            let root = gpu_core::inroot::Root::open(&dir)
+                .map_err(|e| CliError::failed(format!("opening {}: {e}", dir.display())))?;
+            gpu_core::apply::image_layout(&root)
+        }
+        None => ImageLayout {
+            libdir: format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH),
+            libdir32: "/usr/lib/i386-linux-gnu".into(),
+            ..Default::default()
+        },
     };
     let plan = injector
         .plan(&spec_for(&env, &annotations)?, &layout)
