@@ -345,11 +345,9 @@ fn by_hand_args(d: &Path, src: &Path, sub: &str) -> Vec<String> {
     args
 }
 
-/// `--restart systemd` by hand: `systemctl restart containerd` runs (a stand-in `systemctl`
-/// first on PATH records its arguments and stops the daemon, which this test's supervisor then
-/// starts again, as systemd would), and install waits for the new daemon to answer.
-#[test]
-fn restart_through_systemctl() -> Result<()> {
+/// A node for installing by hand: a temp root, the binaries to install in `src`, and the path
+/// of containerd's config (its directory made).
+fn by_hand_node() -> Result<(tempfile::TempDir, PathBuf, PathBuf)> {
     let d = tempfile::tempdir()?;
     let src = d.path().join("src");
     fs::create_dir_all(&src)?;
@@ -358,6 +356,15 @@ fn restart_through_systemctl() -> Result<()> {
     }
     let cfg = d.path().join("etc/containerd/config.toml");
     fs::create_dir_all(cfg.parent().context("parent")?)?;
+    Ok((d, src, cfg))
+}
+
+/// `--restart systemd` by hand: `systemctl restart containerd` runs (a stand-in `systemctl`
+/// first on PATH records its arguments and stops the daemon, which this test's supervisor then
+/// starts again, as systemd would), and install waits for the new daemon to answer.
+#[test]
+fn restart_through_systemctl() -> Result<()> {
+    let (d, src, cfg) = by_hand_node()?;
     fs::write(&cfg, "version = 2\n")?;
     let mut node = Containerd::start()?;
     let old = node.pid().context("containerd pid")?;
@@ -409,14 +416,7 @@ fn restart_through_systemctl() -> Result<()> {
 
 #[test]
 fn by_hand_upgrade_foreign_edits_and_bad_input() -> Result<()> {
-    let d = tempfile::tempdir()?;
-    let src = d.path().join("src");
-    fs::create_dir_all(&src)?;
-    for b in installer::BINARIES {
-        fs::copy(bin_dir().join(b), src.join(b))?;
-    }
-    let cfg = d.path().join("etc/containerd/config.toml");
-    fs::create_dir_all(cfg.parent().context("parent")?)?;
+    let (d, src, cfg) = by_hand_node()?;
 
     // Bad input: nothing is written.
     fs::write(&cfg, "version = 2\n[plugins\n")?;
