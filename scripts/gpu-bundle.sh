@@ -26,6 +26,9 @@ patchelf --set-rpath '$ORIGIN/lib:/tmp/nvs-gpu/bin/lib' "$work/bin/crun"
 # The shim's lifecycle tests, run on the GPU host with crun as the delegate.
 cargo test --release -p integration --test shim --no-run 2>&1 | grep -oE 'target/release/deps/shim-[0-9a-f]+' | head -1 |
     xargs -I{} cp {} "$work/bin/shim-tests"
+# The acceptance checks that moved to Rust (integration/tests/gpu_host.rs).
+cargo test --release -p integration --test gpu_host --no-run 2>&1 | grep -oE 'target/release/deps/gpu_host-[0-9a-f]+' | head -1 |
+    xargs -I{} cp {} "$work/bin/gpu-host-tests"
 cp "$release"/{containerd-shim-nvidia-v2,nvidia-shim} target/release/{gpu-cri,accounting-check,pack-image} "$work/bin/"
 # The CRI check's pod sandbox program, static: a GPU host need not have a static libc.
 printf '#include <signal.h>\n#include <unistd.h>\nstatic void bye(int s){(void)s;_exit(0);}\nint main(void){signal(SIGINT,bye);signal(SIGTERM,bye);for(;;)pause();}\n' >"$work/pause.c"
