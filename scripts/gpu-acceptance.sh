@@ -142,8 +142,8 @@ o=$(cd "$W" && PATH="$W/bin:$PATH" NVIDIA_SHIM_GPU_HOST=1 NVIDIA_SHIM_BIN_DIR="$
 echo "$o" >"$OUT/checks1-5.txt"
 while IFS='|' read -r _ n name verdict saw; do
     record "$n" "$name" "$verdict" "$saw"
-done < <(echo "$o" | grep '^ACCEPTANCE|')
-if [ "$(echo "$o" | grep -c '^ACCEPTANCE|')" -lt 7 ]; then
+done < <(echo "$o" | grep -o 'ACCEPTANCE|.*')
+if [ "$(echo "$o" | grep -c 'ACCEPTANCE|')" -lt 7 ]; then
     record 1 "checks 1–5 (integration/tests/gpu_host.rs)" FAIL "$(echo "$o" | tail -5 | oneline)"
 fi
 
