@@ -5,13 +5,15 @@
 //! sets it and gives the GPU image and shim config:
 //! `NVIDIA_SHIM_GPU_IMAGE` (an OCI archive with busybox, `nvidia-smi`'s libraries and
 //! `cudacheck`), `NVIDIA_SHIM_GPU_IMAGE_REF` (its name), `NVIDIA_SHIM_GPU_CONFIG` (the shim
-//! config), `NVIDIA_SHIM_HOST_SMI` (the host's nvidia-smi). Each check prints one line
+//! config), `NVIDIA_SHIM_GPU_ROOTFS` (the image's root, for variants), `NVIDIA_SHIM_HOST_SMI` (the
+//! host's nvidia-smi). Each check prints one line
 //! `ACCEPTANCE|<n>|<name>|PASS or FAIL|<what it saw>` for the script's report.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use integration::{stderr, stdout, Containerd};
+use integration::{bin_dir, image, stderr, stdout, wait_pid_gone, Containerd, RUNTIME};
 
 struct Host {
     c: Containerd,
@@ -19,6 +21,7 @@ struct Host {
     config: String,
     uuids: Vec<String>,
     minors: Vec<String>,
+    smi: String,
     failed: usize,
 }
 
@@ -162,6 +165,229 @@ fn visible_devices(h: &mut Host) -> Result<()> {
     Ok(())
 }
 
+/// NVML's `00000000:00:04.0` as procfs writes it, `0000:00:04.0`.
+fn proc_bus(id: &str) -> String {
+    let id = id.trim().to_ascii_lowercase();
+    match id.split_once(':') {
+        Some((dom, rest)) if dom.len() > 4 => format!("{}:{rest}", &dom[dom.len() - 4..]),
+        _ => id,
+    }
+}
+
+/// Checks 6–8: a stale libcuda stub in the image's cache (also after an in-container
+/// ldconfig), a container without a request beside a GPU one, eight GPU containers at once.
+fn neighbours_and_caches(h: &mut Host) -> Result<()> {
+    let (_, o) = h.run(
+        "c6",
+        &["NVIDIA_VISIBLE_DEVICES=all"],
+        "ldconfig -p | grep 'libcuda.so.1 '; cudacheck; ldconfig; cudacheck",
+    )?;
+    // The loader resolves libcuda.so.1 to the driver's file in /usr/lib, not the image's stub
+    // (which lives in /usr/local/stubs).
+    let mapped = o.lines().any(|l| {
+        l.contains("libcuda.so.1 ")
+            && l.split("=> ").nth(1).is_some_and(|p| {
+                p.starts_with("/usr/lib/")
+                    && p.rsplit('/')
+                        .next()
+                        .and_then(|f| f.strip_prefix("libcuda.so."))
+                        .is_some_and(|v| v.contains('.'))
+            })
+    });
+    let ok = mapped && o.matches("CUDA PASS").count() == 2;
+    h.record(6, "stale libcuda stub in the image cache", ok, &o);
+
+    let image = h.image.clone();
+    let config = h.config.clone();
+    h.c.run_image(
+        &image,
+        &[
+            "-d",
+            "--runtime-config-path",
+            &config,
+            "--env",
+            "NVIDIA_VISIBLE_DEVICES=all",
+        ],
+        "c7gpu",
+        &["sleep", "60"],
+    )?;
+    let (_, plain) = h.run("c7plain", &[], "ls /dev/ | grep -c nvidia; cudacheck")?;
+    let g =
+        h.c.ctr(&["task", "exec", "--exec-id", "x", "c7gpu", "cudacheck"])?;
+    let g = format!("{}{}", stdout(&g), stderr(&g));
+    let _ = h.c.ctr(&["task", "delete", "-f", "c7gpu"]);
+    let _ = h.c.ctr(&["containers", "rm", "c7gpu"]);
+    let ok =
+        plain.lines().next() == Some("0") && plain.contains("CUDA FAIL") && g.contains("CUDA PASS");
+    h.record(
+        7,
+        "no request next to a GPU container",
+        ok,
+        &format!("plain: {plain}; GPU neighbour: {g}"),
+    );
+
+    let mut children = Vec::new();
+    for i in 0..8 {
+        let id = h.c.track(&format!("p{i}"));
+        let args = [
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--runtime-config-path",
+            &config,
+            "--env",
+            "NVIDIA_VISIBLE_DEVICES=all",
+            &image,
+            &id,
+            "cudacheck",
+        ];
+        children.push(
+            h.c.ctr_command(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()?,
+        );
+    }
+    let mut passed = 0;
+    let mut seen = String::new();
+    for c in children {
+        let out = c.wait_with_output()?;
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        passed += usize::from(text.contains("CUDA PASS"));
+        seen.push_str(&text);
+    }
+    let saw = if passed == 8 {
+        "8/8 CUDA PASS".to_string()
+    } else {
+        format!("{passed}/8: {seen}")
+    };
+    h.record(8, "8 GPU containers at once", passed == 8, &saw);
+    Ok(())
+}
+
+/// Checks 9–10: `nvidia-shim info` against nvidia-smi; /proc/driver/nvidia shows a container only
+/// its own GPU's entry, and params masked.
+fn host_views(h: &mut Host) -> Result<()> {
+    let info = Command::new(bin_dir().join("nvidia-shim"))
+        .args(["--config", &h.config, "info", "--json"])
+        .output()?;
+    let info = stdout(&info);
+    let smi = Command::new(&h.smi)
+        .args([
+            "--query-gpu=driver_version,uuid,pci.bus_id",
+            "--format=csv,noheader",
+        ])
+        .output()?;
+    let smi = stdout(&smi);
+    let ok = !smi.trim().is_empty()
+        && smi.lines().all(|l| {
+            let f: Vec<&str> = l.split(',').map(str::trim).collect();
+            f.len() == 3
+                && info.contains(&format!("\"driver_version\": \"{}\"", f[0]))
+                && info.contains(&format!("\"uuid\": \"{}\"", f[1]))
+                && info.contains(&format!("\"pci_bus_id\": \"{}\"", proc_bus(f[2])))
+        });
+    h.record(
+        9,
+        "nvidia-shim info vs nvidia-smi",
+        ok,
+        &format!("smi: {smi}"),
+    );
+
+    let bus0 = proc_bus(
+        smi.lines()
+            .next()
+            .and_then(|l| l.split(',').nth(2))
+            .unwrap_or_default(),
+    );
+    let (_, given) = h.run(
+        "c10a",
+        &["NVIDIA_VISIBLE_DEVICES=0"],
+        &format!("ls /proc/driver/nvidia/gpus/; grep -c Model /proc/driver/nvidia/gpus/{bus0}/information; wc -c </proc/driver/nvidia/params"),
+    )?;
+    let (_, none) = h.run(
+        "c10n",
+        &["NVIDIA_VISIBLE_DEVICES=none"],
+        &format!("ls /proc/driver/nvidia/gpus/; ls /proc/driver/nvidia/gpus/{bus0}/ | wc -l; cat /proc/driver/nvidia/gpus/{bus0}/information 2>&1 | head -1"),
+    )?;
+    let g: Vec<&str> = given.lines().map(str::trim).collect();
+    let n: Vec<&str> = none.lines().map(str::trim).collect();
+    let ok = given.contains(&bus0)
+        && g.len() >= 2
+        && g[g.len() - 2] == "1"
+        && g[g.len() - 1] == "0"
+        && n.get(1) == Some(&"0")
+        && n.last().is_some_and(|l| l.contains("No such file"));
+    h.record(
+        10,
+        "/proc/driver/nvidia/gpus: own GPU only, params masked",
+        ok,
+        &format!("GPU 0 given: {given}; none given: {none}"),
+    );
+    Ok(())
+}
+
+/// Check 11: a FIFO at the image's /etc/ld.so.cache neither hangs the shim nor stops the
+/// container (the image: the GPU image's root with the cache replaced, packed by the tests'
+/// packer).
+fn fifo_cache(h: &mut Host) -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let root = work.path().join("rootfs");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(env("NVIDIA_SHIM_GPU_ROOTFS")?)
+        .arg(&root)
+        .status()?;
+    anyhow::ensure!(st.success(), "copying the GPU image's root");
+    let cache = root.join("etc/ld.so.cache");
+    let _ = std::fs::remove_file(&cache);
+    nix::unistd::mkfifo(&cache, nix::sys::stat::Mode::from_bits_truncate(0o644))?;
+    let name = "docker.io/library/gpu-acceptance:fifo";
+    let archive = image::pack(&root, name, work.path())?;
+    h.c.ctr_ok(&["images", "import", &archive.display().to_string()])?;
+    let id = h.c.track("c11");
+    let config = h.config.clone();
+    let args = [
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &config,
+        "--env",
+        "NVIDIA_VISIBLE_DEVICES=all",
+        name,
+        &id,
+        "sh",
+        "-c",
+        "ls -l /etc/ld.so.cache; cudacheck",
+    ];
+    let child =
+        h.c.ctr_command(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+    let pid = child.id() as i32;
+    let o = if wait_pid_gone(pid, Duration::from_secs(60)).is_ok() {
+        let out = child.wait_with_output()?;
+        format!("{}{}", stdout(&out), stderr(&out))
+    } else {
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        "hung for 60 s".to_string()
+    };
+    let ok = o
+        .lines()
+        .any(|l| l.starts_with('-') && l.contains("/etc/ld.so.cache"))
+        && o.contains("CUDA PASS");
+    h.record(11, "FIFO at the image's /etc/ld.so.cache", ok, &o);
+    Ok(())
+}
+
 #[test]
 fn gpu_host_acceptance() -> Result<()> {
     if std::env::var_os("NVIDIA_SHIM_GPU_HOST").is_none_or(|v| v != "1") {
@@ -200,9 +426,13 @@ fn gpu_host_acceptance() -> Result<()> {
         config: env("NVIDIA_SHIM_GPU_CONFIG")?,
         uuids,
         minors,
+        smi,
         failed: 0,
     };
     visible_devices(&mut h)?;
+    neighbours_and_caches(&mut h)?;
+    host_views(&mut h)?;
+    fifo_cache(&mut h)?;
     h.c.assert_clean()?;
     anyhow::ensure!(h.failed == 0, "{} acceptance check(s) failed", h.failed);
     Ok(())
