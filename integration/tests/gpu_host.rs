@@ -6,7 +6,8 @@
 //! `NVIDIA_SHIM_GPU_IMAGE` (an OCI archive with busybox, `nvidia-smi`'s libraries and
 //! `cudacheck`), `NVIDIA_SHIM_GPU_IMAGE_REF` (its name), `NVIDIA_SHIM_GPU_CONFIG` (the shim
 //! config), `NVIDIA_SHIM_GPU_ROOTFS` (the image's root, for variants), `NVIDIA_SHIM_HOST_SMI` (the
-//! host's nvidia-smi). Each check prints one line
+//! host's nvidia-smi), and for the real-image checks `NVIDIA_SHIM_DEBIAN_ROOTFS`,
+//! `NVIDIA_SHIM_LIB64_ROOTFS` and `NVIDIA_SHIM_COMPAT_DIR` (each optional). Each check prints one line
 //! `ACCEPTANCE|<n>|<name>|PASS or FAIL|<what it saw>` for the script's report.
 
 use std::process::{Command, Stdio};
@@ -40,16 +41,36 @@ fn one_line(s: &str) -> String {
 
 impl Host {
     fn run(&mut self, id: &str, env: &[&str], script: &str) -> Result<(bool, String)> {
+        let image = self.image.clone();
+        self.run_in(&image, id, env, script)
+    }
+
+    /// Runs `sh -c script` in `image` with our runtime; (started and exited 0, its output).
+    fn run_in(
+        &mut self,
+        image: &str,
+        id: &str,
+        env: &[&str],
+        script: &str,
+    ) -> Result<(bool, String)> {
         let mut opts = vec!["--rm", "--runtime-config-path", self.config.as_str()];
         for e in env {
             opts.extend(["--env", e]);
         }
-        let image = self.image.clone();
-        let out = self.c.run_image(&image, &opts, id, &["sh", "-c", script])?;
+        let out = self.c.run_image(image, &opts, id, &["sh", "-c", script])?;
         Ok((
             out.status.success(),
             format!("{}{}", stdout(&out), stderr(&out)),
         ))
+    }
+
+    /// Packs `root` as image `name` with the tests' packer and imports it.
+    fn import(&self, root: &std::path::Path, name: &str) -> Result<()> {
+        let work = tempfile::tempdir()?;
+        let archive = image::pack(root, name, work.path())?;
+        self.c
+            .ctr_ok(&["images", "import", &archive.display().to_string()])?;
+        Ok(())
     }
 
     fn record(&mut self, n: u32, name: &str, ok: bool, saw: &str) {
@@ -345,8 +366,7 @@ fn fifo_cache(h: &mut Host) -> Result<()> {
     let _ = std::fs::remove_file(&cache);
     nix::unistd::mkfifo(&cache, nix::sys::stat::Mode::from_bits_truncate(0o644))?;
     let name = "docker.io/library/gpu-acceptance:fifo";
-    let archive = image::pack(&root, name, work.path())?;
-    h.c.ctr_ok(&["images", "import", &archive.display().to_string()])?;
+    h.import(&root, name)?;
     let id = h.c.track("c11");
     let config = h.config.clone();
     let args = [
@@ -385,6 +405,152 @@ fn fifo_cache(h: &mut Host) -> Result<()> {
         .any(|l| l.starts_with('-') && l.contains("/etc/ld.so.cache"))
         && o.contains("CUDA PASS");
     h.record(11, "FIFO at the image's /etc/ld.so.cache", ok, &o);
+    Ok(())
+}
+
+fn count(o: &str, needle: &str) -> usize {
+    o.matches(needle).count()
+}
+
+/// Checks 12–15, on real images whose roots the script prepares: Debian bookworm (nvidia-smi,
+/// Triton's libcuda check, a PTX kernel JIT-compiled by the driver, `ld -lcuda`, again after an
+/// in-container ldconfig), a /usr/lib64 (RHEL-style) image, graphics (Vulkan, EGL), and an image
+/// with older CUDA forward-compat libraries than the host's.
+fn real_images(h: &mut Host) -> Result<()> {
+    let debian = std::env::var("NVIDIA_SHIM_DEBIAN_ROOTFS").ok();
+    if let Some(d) = &debian {
+        h.import(
+            std::path::Path::new(d),
+            "docker.io/library/gpu-acceptance:debian",
+        )?;
+        let script = r#"nvidia-smi -L; python3 /realimage.py; d=$(ldconfig -p | grep "libcuda.so.1 " | sed "s/.*=> //" | xargs dirname);
+            ls -l $d/libcuda.so* $d/libnvidia-ptxjitcompiler.so*; ld -shared -o /tmp/t.so -L$d -lcuda && echo LD OK;
+            ldconfig; echo AFTER-LDCONFIG; python3 /realimage.py; ld -shared -o /tmp/t2.so -L$d -lcuda && echo LD OK"#;
+        let (_, o) = h.run_in(
+            "docker.io/library/gpu-acceptance:debian",
+            "c12",
+            &["NVIDIA_VISIBLE_DEVICES=all"],
+            script,
+        )?;
+        let ok = o.lines().any(|l| l.starts_with("GPU "))
+            && count(&o, "TRITON OK") == 2
+            && count(&o, "PTXJIT PASS") == 2
+            && count(&o, "LD OK") == 2
+            && o.lines()
+                .any(|l| l.contains("MAPPED") && l.contains("ptxjitcompiler"));
+        let keys = ["TRITON", "PTXJIT", "LD OK", "MAPPED"];
+        let saw: Vec<&str> = o
+            .lines()
+            .filter(|l| keys.iter().any(|k| l.contains(k)))
+            .collect();
+        let saw = if ok { saw.join(" ") } else { o.clone() };
+        h.record(
+            12,
+            "Debian bookworm: nvidia-smi, Triton check, PTX JIT, ld -lcuda, after ldconfig too",
+            ok,
+            &saw,
+        );
+    }
+
+    if let Ok(l64) = std::env::var("NVIDIA_SHIM_LIB64_ROOTFS") {
+        h.import(
+            std::path::Path::new(&l64),
+            "docker.io/library/gpu-acceptance:lib64",
+        )?;
+        let script = r#"d=$(ldconfig -p | grep "libcuda.so.1 " | sed "s/.*=> //" | xargs dirname); echo dir=$d;
+            [ -e $d/libcuda.so.1 ] && [ -e $d/libcuda.so ] && echo TRITON OK; ls /usr/lib/ 2>&1 | grep -c linux-gnu; nvidia-smi -L; cudacheck"#;
+        let (_, o) = h.run_in(
+            "docker.io/library/gpu-acceptance:lib64",
+            "c13",
+            &["NVIDIA_VISIBLE_DEVICES=all"],
+            script,
+        )?;
+        let ok = o.contains("dir=/usr/lib64")
+            && o.contains("TRITON OK")
+            && o.lines().any(|l| l.starts_with("GPU "))
+            && o.contains("CUDA PASS");
+        h.record(
+            13,
+            "/usr/lib64 image: names in /usr/lib64, Triton check, CUDA",
+            ok,
+            &o,
+        );
+    }
+
+    let Some(d) = debian else {
+        return Ok(());
+    };
+    let name = Command::new(&h.smi)
+        .args(["--query-gpu=name", "--format=csv,noheader"])
+        .output()?;
+    let gpu_name = stdout(&name)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let script = r#"ls /usr/share/vulkan/icd.d/ /usr/share/glvnd/egl_vendor.d/; ls /dev/dri 2>&1;
+        vulkaninfo --summary 2>&1 | grep -E "deviceName|driverName|driverInfo|ERROR"; python3 /egl.py"#;
+    let (_, o) = h.run_in(
+        "docker.io/library/gpu-acceptance:debian",
+        "c14",
+        &[
+            "NVIDIA_VISIBLE_DEVICES=all",
+            "NVIDIA_DRIVER_CAPABILITIES=all",
+        ],
+        script,
+    )?;
+    let ok = !gpu_name.is_empty()
+        && o.lines()
+            .any(|l| l.contains("deviceName") && l.contains(&gpu_name))
+        && o.contains("EGL VENDOR NVIDIA");
+    h.record(
+        14,
+        "graphics: vulkaninfo lists the GPU, EGL device platform finds NVIDIA",
+        ok,
+        &o,
+    );
+
+    let Ok(compat) = std::env::var("NVIDIA_SHIM_COMPAT_DIR") else {
+        return Ok(());
+    };
+    let work = tempfile::tempdir()?;
+    let root = work.path().join("rootfs");
+    let cp = |from: &str, to: &std::path::Path| -> Result<()> {
+        let st = Command::new("cp").arg("-a").arg(from).arg(to).status()?;
+        anyhow::ensure!(st.success(), "copying {from}");
+        Ok(())
+    };
+    cp(&d, &root)?;
+    std::fs::create_dir_all(root.join("usr/local/cuda-x"))?;
+    cp(&compat, &root.join("usr/local/cuda-x/compat"))?;
+    std::os::unix::fs::symlink("cuda-x", root.join("usr/local/cuda"))?;
+    h.import(&root, "docker.io/library/gpu-acceptance:compat")?;
+    let version = Command::new(&h.smi)
+        .args(["--query-gpu=driver_version", "--format=csv,noheader"])
+        .output()?;
+    let version = stdout(&version)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let (_, o) = h.run_in(
+        "docker.io/library/gpu-acceptance:compat",
+        "c15",
+        &["NVIDIA_VISIBLE_DEVICES=all"],
+        r#"ls /usr/local/cuda/compat/; ldconfig -p | grep "libcuda.so.1 "; python3 /realimage.py"#,
+    )?;
+    let ok = !version.is_empty()
+        && o.lines()
+            .any(|l| l.contains("MAPPED") && l.contains(&format!("libcuda.so.{version}")))
+        && o.contains("PTXJIT PASS");
+    h.record(
+        15,
+        "older /usr/local/cuda/compat in the image: host libcuda used",
+        ok,
+        &o,
+    );
     Ok(())
 }
 
@@ -433,6 +599,7 @@ fn gpu_host_acceptance() -> Result<()> {
     neighbours_and_caches(&mut h)?;
     host_views(&mut h)?;
     fifo_cache(&mut h)?;
+    real_images(&mut h)?;
     h.c.assert_clean()?;
     anyhow::ensure!(h.failed == 0, "{} acceptance check(s) failed", h.failed);
     Ok(())
