@@ -7,7 +7,8 @@
 //! `cudacheck`), `NVIDIA_SHIM_GPU_IMAGE_REF` (its name), `NVIDIA_SHIM_GPU_CONFIG` (the shim
 //! config), `NVIDIA_SHIM_GPU_ROOTFS` (the image's root, for variants), `NVIDIA_SHIM_HOST_SMI` (the
 //! host's nvidia-smi), and for the real-image checks `NVIDIA_SHIM_DEBIAN_ROOTFS`,
-//! `NVIDIA_SHIM_LIB64_ROOTFS` and `NVIDIA_SHIM_COMPAT_DIR` (each optional). Each check prints one line
+//! `NVIDIA_SHIM_LIB64_ROOTFS` and `NVIDIA_SHIM_COMPAT_DIR` (each optional); `NVIDIA_SHIM_GPU_OUT`
+//! receives `nvidia-shim top`'s tables. Each check prints one line
 //! `ACCEPTANCE|<n>|<name>|PASS or FAIL|<what it saw>` for the script's report.
 
 use std::process::{Command, Stdio};
@@ -554,6 +555,255 @@ fn real_images(h: &mut Host) -> Result<()> {
     Ok(())
 }
 
+/// `nvidia-shim` with the GPU config, against the harness's containerd; its stdout.
+fn nvidia_shim(h: &Host, args: &[&str]) -> Result<String> {
+    let state =
+        h.c.bundle("x")
+            .parent()
+            .and_then(|p| p.parent())
+            .context("state dir")?
+            .display()
+            .to_string();
+    let mut all = vec!["--config", h.config.as_str()];
+    all.extend_from_slice(args);
+    all.extend(["--state-dir", &state]);
+    let out = Command::new(bin_dir().join("nvidia-shim"))
+        .args(&all)
+        .output()?;
+    Ok(stdout(&out))
+}
+
+fn smi_lines(h: &Host, args: &[&str]) -> Result<String> {
+    Ok(stdout(&Command::new(&h.smi).args(args).output()?))
+}
+
+/// Writes `text` to `name` in `$NVIDIA_SHIM_GPU_OUT` (the acceptance run's output dir), if set.
+fn keep(name: &str, text: &str) {
+    if let Ok(dir) = std::env::var("NVIDIA_SHIM_GPU_OUT") {
+        let _ = std::fs::write(std::path::Path::new(&dir).join(name), text);
+    }
+}
+
+/// `top --json` against nvidia-smi's per-process figures (within 5 %), A's utilization, nothing
+/// for C, and `metrics` parsed as Prometheus text.
+fn accounting_verdict(top: &str, smi: &str, metrics: &str) -> Result<String> {
+    let top: serde_json::Value = serde_json::from_str(top)?;
+    let smi: std::collections::BTreeMap<u64, f64> = smi
+        .lines()
+        .filter_map(|l| {
+            let (pid, mib) = l.split_once(',')?;
+            Some((pid.trim().parse().ok()?, mib.trim().parse().ok()?))
+        })
+        .collect();
+    let find = |id: &str| {
+        top["containers"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["id"] == id))
+    };
+    anyhow::ensure!(
+        find("acct-c").is_none(),
+        "acct-c asked for nothing but is listed"
+    );
+    let mut seen = Vec::new();
+    for id in ["acct-a", "acct-b"] {
+        let cont = find(id).with_context(|| format!("{id} is not listed: {top}"))?;
+        let procs = cont["processes"].as_array().context("processes")?;
+        anyhow::ensure!(!procs.is_empty(), "{id} has no GPU process: {cont}");
+        for p in procs {
+            let pid = p["pid"].as_u64().context("pid")?;
+            let ours = p["used_memory_bytes"].as_f64().context("memory")? / 1048576.0;
+            let theirs = *smi
+                .get(&pid)
+                .with_context(|| format!("nvidia-smi does not list pid {pid}: {smi:?}"))?;
+            anyhow::ensure!(
+                (ours - theirs).abs() / theirs <= 0.05,
+                "{id} pid {pid}: top {ours:.0} MiB, nvidia-smi {theirs:.0} MiB"
+            );
+            seen.push(format!(
+                "{id} pid {pid}: top {ours:.0} MiB / smi {theirs:.0} MiB, SM {}%",
+                p["sm_util"]
+            ));
+        }
+    }
+    let busy = find("acct-a")
+        .and_then(|c| c["processes"][0]["sm_util"].as_u64())
+        .unwrap_or(0);
+    anyhow::ensure!(
+        busy > 0,
+        "acct-a runs kernels but shows no SM utilization: {top}"
+    );
+    let parsed = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_string())))?;
+    let mem = parsed
+        .samples
+        .iter()
+        .filter(|s| s.metric == "nvidia_shim_container_gpu_memory_used_bytes")
+        .count();
+    anyhow::ensure!(
+        mem == 2,
+        "metrics: {mem} container memory samples, want 2:\n{metrics}"
+    );
+    Ok(format!(
+        "{}; metrics: {} samples parsed",
+        seen.join("; "),
+        parsed.samples.len()
+    ))
+}
+
+/// Check 18: A (all) holds 1 GiB and runs kernels, B (all) holds 3 GiB, C asks for nothing.
+fn accounting(h: &mut Host) -> Result<()> {
+    let (image, config) = (h.image.clone(), h.config.clone());
+    let detached = |h: &mut Host, id: &str, env: &[&str], cmd: &[&str]| -> Result<()> {
+        let mut opts = vec!["-d", "--runtime-config-path", config.as_str()];
+        for e in env {
+            opts.extend(["--env", e]);
+        }
+        h.c.run_image(&image, &opts, id, cmd)?;
+        Ok(())
+    };
+    detached(
+        h,
+        "acct-a",
+        &["NVIDIA_VISIBLE_DEVICES=all"],
+        &["gpuhold", "1024", "90", "busy"],
+    )?;
+    detached(
+        h,
+        "acct-b",
+        &["NVIDIA_VISIBLE_DEVICES=all"],
+        &["gpuhold", "3072", "90"],
+    )?;
+    detached(h, "acct-c", &[], &["sleep", "90"])?;
+    let apps = [
+        "--query-compute-apps=pid,used_memory",
+        "--format=csv,noheader,nounits",
+    ];
+    integration::wait_until(Duration::from_secs(60), "both GPU processes", || {
+        Ok(smi_lines(h, &apps)?.lines().count() >= 2)
+    })?;
+    // The driver's utilization samples cover the last seconds.
+    std::thread::sleep(Duration::from_secs(3));
+    let ns = h.c.namespace.clone();
+    let top = nvidia_shim(h, &["top", "--json", "--namespace", &ns])?;
+    let smi = smi_lines(h, &apps)?;
+    let metrics = nvidia_shim(h, &["metrics"])?;
+    let table = nvidia_shim(h, &["top"])?;
+    keep("top.txt", &table);
+    for id in ["acct-a", "acct-b", "acct-c"] {
+        let _ = h.c.ctr(&["task", "delete", "-f", id]);
+        let _ = h.c.ctr(&["containers", "rm", id]);
+    }
+    let verdict = accounting_verdict(&top, &smi, &metrics);
+    let saw = match &verdict {
+        Ok(s) => s.clone(),
+        Err(e) => format!("{e:#}; top: {top}; smi: {smi}"),
+    };
+    h.record(
+        18,
+        "accounting: top attributes A's and B's GPU memory (vs nvidia-smi), nothing for C",
+        verdict.is_ok(),
+        &saw,
+    );
+    Ok(())
+}
+
+/// Check 19: A (opted in to GPU-aware pause) holds 2 GiB with a known pattern and keeps
+/// computing; Pause releases its memory, B then allocates more than was free before; Resume, and
+/// A verifies every word and checksum.
+fn pause_frees_the_gpu(h: &mut Host) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let (image, config) = (h.image.clone(), h.config.clone());
+    let id = h.c.track("sus-a");
+    let args = [
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &config,
+        "--env",
+        "NVIDIA_VISIBLE_DEVICES=all",
+        "--annotation",
+        "nvidia.com/gpu-suspend-on-pause=true",
+        &image,
+        &id,
+        "gpuwork",
+        "2048",
+        "40",
+    ];
+    let mut a =
+        h.c.ctr_command(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = a.stdout.take().context("stdout")?;
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let holding = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+    let free = |h: &Host| -> Result<i64> {
+        let t = smi_lines(
+            h,
+            &["--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+        )?;
+        Ok(t.lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .unwrap_or(0))
+    };
+    let free_before = free(h)?;
+    let t = std::time::Instant::now();
+    let paused = h.c.ctr(&["task", "pause", &id])?;
+    let pause_ms = t.elapsed().as_millis();
+    let free_paused = free(h)?;
+    keep("top-paused.txt", &nvidia_shim(h, &["top"])?);
+    let want = (free_before + 1024).to_string();
+    let (_, b) = h.run(
+        "sus-b",
+        &["NVIDIA_VISIBLE_DEVICES=all"],
+        &format!("gpuhold {want} 1"),
+    )?;
+    let t = std::time::Instant::now();
+    let resumed = h.c.ctr(&["task", "resume", &id])?;
+    let resume_ms = t.elapsed().as_millis();
+    let mut rest: Vec<String> = Vec::new();
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(120)) {
+        rest.push(l);
+    }
+    let _ = a.wait();
+    let verify = rest
+        .iter()
+        .find(|l| l.starts_with("VERIFY"))
+        .cloned()
+        .unwrap_or_default();
+    let ok = holding.starts_with("HOLDING")
+        && paused.status.success()
+        && resumed.status.success()
+        && b.contains("HOLDING")
+        && verify.starts_with("VERIFY PASS")
+        && free_paused > free_before + 2000;
+    let saw = format!(
+        "free {free_before} → {free_paused} MiB while paused (pause {pause_ms} ms, resume {resume_ms} ms); B asked {want} MiB: {}; A: {verify} {} {}",
+        b.trim(),
+        stderr(&paused),
+        stderr(&resumed)
+    );
+    h.record(
+        19,
+        "pause frees the GPU: memory released, B allocates it, A resumes intact",
+        ok,
+        &saw,
+    );
+    Ok(())
+}
+
 #[test]
 fn gpu_host_acceptance() -> Result<()> {
     if std::env::var_os("NVIDIA_SHIM_GPU_HOST").is_none_or(|v| v != "1") {
@@ -600,6 +850,8 @@ fn gpu_host_acceptance() -> Result<()> {
     host_views(&mut h)?;
     fifo_cache(&mut h)?;
     real_images(&mut h)?;
+    accounting(&mut h)?;
+    pause_frees_the_gpu(&mut h)?;
     h.c.assert_clean()?;
     anyhow::ensure!(h.failed == 0, "{} acceptance check(s) failed", h.failed);
     Ok(())
