@@ -10,6 +10,7 @@ pub mod cri;
 mod events;
 pub mod image;
 pub mod installer;
+pub mod measure;
 mod procs;
 mod shim_calls;
 mod version;

@@ -804,6 +804,219 @@ fn pause_frees_the_gpu(h: &mut Host) -> Result<()> {
     Ok(())
 }
 
+/// Check 0: installed as on a node: `nvidia-shim install` (binaries, shim config kept, CDI spec,
+/// containerd config), a second install changes nothing, and a GPU container runs through the
+/// installed binary (named by path, as `ctr` must after an install).
+fn installed(h: &mut Host) -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let node = work.path();
+    let containerd_cfg = node.join("containerd.toml");
+    std::fs::write(&containerd_cfg, "version = 2\n")?;
+    let shim_cfg = node.join("shim.toml");
+    std::fs::copy(&h.config, &shim_cfg)?;
+    let p = |x: &std::path::Path| x.display().to_string();
+    let args = [
+        "install".to_string(),
+        "--source-dir".into(),
+        p(&bin_dir()),
+        "--bin-dir".into(),
+        p(&node.join("bin")),
+        "--shim-config".into(),
+        p(&shim_cfg),
+        "--containerd-config".into(),
+        p(&containerd_cfg),
+        "--cdi-spec".into(),
+        p(&node.join("cdi/nvidia.yaml")),
+        "--restart".into(),
+        "none".into(),
+    ];
+    let install = || {
+        Command::new(bin_dir().join("nvidia-shim"))
+            .args(&args)
+            .output()
+    };
+    let (first, again) = (install()?, install()?);
+    let (first, again) = (
+        format!("{}{}", stdout(&first), stderr(&first)),
+        stdout(&again),
+    );
+    let installed = node.join("bin/containerd-shim-nvidia-v2");
+    let id = h.c.track("c0");
+    let runtime = p(&installed);
+    let config = p(&shim_cfg);
+    let image = h.image.clone();
+    let run = [
+        "run",
+        "-d",
+        "--runtime",
+        &runtime,
+        "--runtime-config-path",
+        &config,
+        "--env",
+        "NVIDIA_VISIBLE_DEVICES=all",
+        &image,
+        &id,
+        "sleep",
+        "60",
+    ];
+    h.c.ctr_ok(&run)?;
+    let address = p(&h.c.address());
+    let exe = integration::processes_matching(|argv| argv.contains(&id) && argv.contains(&address))
+        .first()
+        .and_then(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok());
+    let smi =
+        h.c.ctr(&["task", "exec", "--exec-id", "smi", &id, "nvidia-smi", "-L"])?;
+    let _ = h.c.ctr(&["task", "delete", "-f", &id]);
+    let _ = h.c.ctr(&["containers", "rm", &id]);
+    let ok = first.contains("binaries: installed")
+        && again.contains("binaries: unchanged")
+        && again.contains("containerd: not restarted (config unchanged)")
+        && exe.as_deref() == Some(installed.as_path())
+        && stdout(&smi).starts_with("GPU ");
+    let saw = format!(
+        "{first}; shim: {exe:?}; {}; again: {}",
+        stdout(&smi).trim(),
+        again
+            .lines()
+            .filter(|l| l.starts_with("binaries") || l.starts_with("containerd:"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    h.record(
+        0,
+        "installed by nvidia-shim install; the running shim is the installed one",
+        ok,
+        &saw,
+    );
+    Ok(())
+}
+
+/// The tables of the report: start latency (median `ctr run --rm … true`, interleaved) of the Go
+/// runc shim and ours, with and without GPUs (and with crun as the delegate when
+/// `NVIDIA_SHIM_GPU_CRUN_CONFIG` names its config), and per-pod memory; written to
+/// `$NVIDIA_SHIM_GPU_OUT/tables.md`.
+fn tables(h: &mut Host) -> Result<()> {
+    use integration::measure::{median, pod_memory_of, sum, timed_run_of, GO_RUNTIME, OUR_RUNTIME};
+    use std::fmt::Write as _;
+    let num = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (iterations, pods) = (num("ITER", 20), num("PODS", 30));
+    let all = "NVIDIA_VISIBLE_DEVICES=all";
+    let cfg = h.config.clone();
+    let mut variants: Vec<(&str, &str, Vec<String>)> = vec![
+        (
+            "(a) containerd-shim-runc-v2 (Go), no GPU",
+            GO_RUNTIME,
+            vec![],
+        ),
+        (
+            "(b) containerd-shim-nvidia-v2, no GPU",
+            OUR_RUNTIME,
+            vec!["--runtime-config-path".into(), cfg.clone()],
+        ),
+        (
+            "(c) containerd-shim-nvidia-v2, NVIDIA_VISIBLE_DEVICES=all",
+            OUR_RUNTIME,
+            vec![
+                "--runtime-config-path".into(),
+                cfg.clone(),
+                "--env".into(),
+                all.into(),
+            ],
+        ),
+    ];
+    if let Ok(crun) = std::env::var("NVIDIA_SHIM_GPU_CRUN_CONFIG") {
+        variants.push((
+            "(d) containerd-shim-nvidia-v2 + crun, no GPU",
+            OUR_RUNTIME,
+            vec!["--runtime-config-path".into(), crun.clone()],
+        ));
+        variants.push((
+            "(e) containerd-shim-nvidia-v2 + crun, NVIDIA_VISIBLE_DEVICES=all",
+            OUR_RUNTIME,
+            vec![
+                "--runtime-config-path".into(),
+                crun,
+                "--env".into(),
+                all.into(),
+            ],
+        ));
+    }
+    let image = h.image.clone();
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for i in 0..=iterations {
+        for (k, (_, runtime, extra)) in variants.iter().enumerate() {
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            let ms = timed_run_of(&h.c, &image, runtime, &extra, &format!("l{k}-{i}"))?;
+            // The first round warms caches (pages, the inventory).
+            if i > 0 {
+                times[k].push(ms);
+            }
+        }
+    }
+    let medians: Vec<f64> = times.iter_mut().map(|t| median(t)).collect();
+    let mut t = String::new();
+    let _ = writeln!(t, "## Start latency: median `ctr run --rm … true`, {iterations} interleaved iterations each\n");
+    let _ = writeln!(
+        t,
+        "| runtime | median (ms) | vs Go runc shim |\n|---|---|---|"
+    );
+    for ((name, _, _), m) in variants.iter().zip(&medians) {
+        let _ = writeln!(t, "| {name} | {m:.1} | {:.3} |", m / medians[0]);
+    }
+    let ratio = medians[2] / medians[0];
+    let _ = writeln!(
+        t,
+        "\nTarget (c)/(a) ≤ 1.03: {} ({ratio:.3}). GPU overhead (c)/(b): {:.3} (goal ≤ 1.02).\n",
+        if ratio <= 1.03 { "met" } else { "NOT met" },
+        medians[2] / medians[1]
+    );
+    let go = pod_memory_of(&h.c, &image, GO_RUNTIME, "go", pods, &[])?;
+    let ours = pod_memory_of(
+        &h.c,
+        &image,
+        OUR_RUNTIME,
+        "our",
+        pods,
+        &["--runtime-config-path", &cfg, "--env", all],
+    )?;
+    let _ = writeln!(t, "## Per-pod memory: {pods} pods, one container and one shim each (KiB, summed over the shims)\n");
+    let _ = writeln!(
+        t,
+        "| shims | count | RSS | PSS | USS | PSS per shim |\n|---|---|---|---|---|---|"
+    );
+    for (name, m) in [
+        ("containerd-shim-runc-v2 (Go), no GPU", &go),
+        (
+            "containerd-shim-nvidia-v2, NVIDIA_VISIBLE_DEVICES=all",
+            &ours,
+        ),
+    ] {
+        let n = m.shims.max(1) as f64;
+        let _ = writeln!(
+            t,
+            "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            m.shims,
+            sum(&m.rss),
+            sum(&m.pss),
+            sum(&m.uss),
+            sum(&m.pss) / n
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\nSummed PSS, ours / Go: {:.2} (goal ≤ 0.25); one shim's RSS: {:.0} KiB (goal ≤ 4096).",
+        sum(&ours.pss) / sum(&go.pss).max(1.0),
+        sum(&ours.rss) / ours.shims.max(1) as f64
+    );
+    keep("tables.md", &t);
+    Ok(())
+}
+
 #[test]
 fn gpu_host_acceptance() -> Result<()> {
     if std::env::var_os("NVIDIA_SHIM_GPU_HOST").is_none_or(|v| v != "1") {
@@ -845,6 +1058,7 @@ fn gpu_host_acceptance() -> Result<()> {
         smi,
         failed: 0,
     };
+    installed(&mut h)?;
     visible_devices(&mut h)?;
     neighbours_and_caches(&mut h)?;
     host_views(&mut h)?;
@@ -852,6 +1066,7 @@ fn gpu_host_acceptance() -> Result<()> {
     real_images(&mut h)?;
     accounting(&mut h)?;
     pause_frees_the_gpu(&mut h)?;
+    tables(&mut h)?;
     h.c.assert_clean()?;
     anyhow::ensure!(h.failed == 0, "{} acceptance check(s) failed", h.failed);
     Ok(())

@@ -10,150 +10,16 @@
 //!
 //! Usage: bench [ITERATIONS] [PODS] (defaults 30 and 50).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use gpu_core::fixture::{FakeHost, Layout};
-use integration::{processes_matching, Containerd, IMAGE};
+use integration::Containerd;
 
-const GO_RUNTIME: &str = "io.containerd.runc.v2";
-const OUR_RUNTIME: &str = "io.containerd.nvidia.v2";
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
-    v[rank.min(v.len() - 1)]
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    percentile(v, 50.0)
-}
-
-fn timed_run(c: &Containerd, runtime: &str, extra: &[&str], id: &str) -> Result<f64> {
-    let mut args = vec!["run", "--rm", "--runtime", runtime];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&[IMAGE, id, "true"]);
-    let t = Instant::now();
-    let out = c.ctr(&args)?;
-    let ms = t.elapsed().as_secs_f64() * 1000.0;
-    if !out.status.success() {
-        bail!(
-            "{runtime} run failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(ms)
-}
-
-/// One line of `/proc/PID/smaps_rollup` in KiB.
-fn rollup(text: &str, key: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// (RSS, PSS, USS) of a process in KiB.
-fn memory(pid: i32) -> (u64, u64, u64) {
-    let t = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    let uss = rollup(&t, "Private_Clean:") + rollup(&t, "Private_Dirty:");
-    (rollup(&t, "Rss:"), rollup(&t, "Pss:"), uss)
-}
-
-fn shim_bin(runtime: &str) -> &'static str {
-    if runtime == GO_RUNTIME {
-        "containerd-shim-runc-v2"
-    } else {
-        integration::SHIM_BIN
-    }
-}
-
-fn shims_of(c: &Containerd, runtime: &str) -> Vec<i32> {
-    let bin = shim_bin(runtime);
-    let address = c.address().display().to_string();
-    processes_matching(|argv| {
-        argv.first().is_some_and(|a| a.ends_with(bin)) && argv.iter().any(|a| a == &address)
-    })
-}
-
-/// Starts detached `sleep` containers; `pod` groups them into one shim when given.
-fn start_sleepers(
-    c: &Containerd,
-    runtime: &str,
-    ids: &[String],
-    pod: Option<&str>,
-    extra: &[&str],
-) -> Result<()> {
-    for (i, id) in ids.iter().enumerate() {
-        let own = format!("io.kubernetes.cri.sandbox-id=pod-{id}");
-        let ann = pod.map(str::to_string).unwrap_or(own);
-        let mut args = vec!["run", "-d", "--runtime", runtime, "--annotation", &ann];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&[IMAGE, id, "sleep", "600"]);
-        let out = c.ctr(&args)?;
-        if !out.status.success() {
-            bail!("{runtime} #{i}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-    }
-    Ok(())
-}
-
-fn remove_all(c: &Containerd, ids: &[String]) -> Result<()> {
-    for id in ids {
-        c.ctr(&["task", "kill", "-s", "SIGKILL", id])?;
-    }
-    for id in ids {
-        integration::wait_until(Duration::from_secs(30), "task exit", || {
-            Ok(c.ctr(&["task", "delete", id])?.status.success())
-        })?;
-        c.ctr(&["containers", "rm", id])?;
-    }
-    Ok(())
-}
-
-struct PodMemory {
-    shims: usize,
-    rss: Vec<f64>,
-    pss: Vec<f64>,
-    uss: Vec<f64>,
-    threads: u64,
-}
-
-/// `n` pods of one container each with `runtime`: every shim's memory.
-fn pod_memory(c: &Containerd, runtime: &str, tag: &str, n: usize) -> Result<PodMemory> {
-    let ids: Vec<String> = (0..n).map(|i| format!("mem-{tag}-{i}")).collect();
-    start_sleepers(c, runtime, &ids, None, &[])?;
-    let pids = shims_of(c, runtime);
-    let mut m = PodMemory {
-        shims: pids.len(),
-        rss: Vec::new(),
-        pss: Vec::new(),
-        uss: Vec::new(),
-        threads: 0,
-    };
-    for pid in &pids {
-        let (rss, pss, uss) = memory(*pid);
-        m.rss.push(rss as f64);
-        m.pss.push(pss as f64);
-        m.uss.push(uss as f64);
-        m.threads = m.threads.max(threads(*pid));
-    }
-    remove_all(c, &ids)?;
-    Ok(m)
-}
-
-fn threads(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
+use integration::measure::{
+    median, percentile, pod_memory, remove_all, start_sleepers, sum, timed_run, PodMemory,
+    GO_RUNTIME, OUR_RUNTIME,
+};
 /// Median start latency of a GPU container on a fake host of `gpus` GPUs: all of them by env, or,
 /// with `libs`, a CDI device mounting that many driver libraries.
 fn gpu_start(c: &Containerd, gpus: usize, libs: Option<usize>, iterations: usize) -> Result<f64> {
@@ -227,10 +93,6 @@ fn concurrent(c: &Containerd, runtime: &str, extra: &[&str], n: usize) -> (f64, 
         percentile(&mut ok, 99.0),
         failures,
     )
-}
-
-fn sum(v: &[f64]) -> f64 {
-    v.iter().sum()
 }
 
 /// Medians of the interleaved start latencies (ms): (a) Go, (b) ours, (c) one GPU, (d) all
