@@ -58,28 +58,15 @@ export ITER PODS
 
 # --- image -----------------------------------------------------------------------------------
 R="$W/rootfs"
-mkdir -p "$R"/{bin,sbin,etc,tmp,proc,sys,dev,run,root,usr/bin,usr/local/stubs,lib64}
-cp "$W/bin/busybox" "$R/bin/busybox"
-for a in $("$R/bin/busybox" --list); do [ -e "$R/bin/$a" ] || ln -s busybox "$R/bin/$a"; done
-echo 'root:x:0:0:root:/root:/bin/sh' >"$R/etc/passwd"
-cp /etc/debian_version "$R/etc/debian_version" 2>/dev/null || echo 12.0 >"$R/etc/debian_version"
-"$NVCC" -O2 -arch=sm_90 -o "$R/usr/bin/cudacheck" "$HERE/gpu/cudacheck.cu" >>"$LOG" 2>&1 || log "nvcc failed"
-"$NVCC" -O2 -arch=sm_90 -o "$R/usr/bin/gpuhold" "$HERE/gpu/gpuhold.cu" >>"$LOG" 2>&1 || log "nvcc gpuhold failed"
-"$NVCC" -O2 -arch=sm_90 -o "$R/usr/bin/gpuwork" "$HERE/gpu/gpuwork.cu" >>"$LOG" 2>&1 || log "nvcc gpuwork failed"
-# The host's own glibc libraries that cudacheck and the injected nvidia-smi need.
-for f in $( (ldd "$R/usr/bin/cudacheck"; ldd "$HOST_SMI") | grep -o '/[^ ]*' | sort -u); do
-    mkdir -p "$R$(dirname "$f")"
-    cp -L "$f" "$R$f"
+for p in cudacheck gpuhold gpuwork; do
+    "$NVCC" -O2 -arch=sm_90 -o "$W/$p" "$HERE/gpu/$p.cu" >>"$LOG" 2>&1 || log "nvcc $p failed"
 done
+# The tests' glibc image (integration/src/image.rs: busybox, the host's glibc, ldconfig, a stale
+# libcuda stub in its cache) with the CUDA programs and the libraries nvidia-smi loads.
+NVIDIA_SHIM_BUSYBOX="$W/bin/busybox" "$W/bin/glibc-image" "$R" "$W/cudacheck" "$W/gpuhold" "$W/gpuwork" \
+    "libs:$HOST_SMI" >>"$LOG" 2>&1 || log "glibc-image failed"
 LDCONFIG=/sbin/ldconfig.real
 [ -x "$LDCONFIG" ] || LDCONFIG=/sbin/ldconfig
-cp "$LDCONFIG" "$R/sbin/ldconfig"
-cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$R/usr/local/stubs/libcuda.so.1" "$HERE/gpu/stub.c"
-MA=/lib/$(uname -m)-linux-gnu
-printf '/usr/local/stubs\n%s\n/usr%s\n' "$MA" "$MA" >"$R/etc/ld.so.conf"
-"$LDCONFIG" -r "$R"
-printf '%s\n/usr%s\n' "$MA" "$MA" >"$R/etc/ld.so.conf"
-log "image cache before injection: $("$LDCONFIG" -p -C "$R/etc/ld.so.cache" 2>/dev/null | grep libcuda | oneline)"
 
 # Images are packed by the tests' own packer (integration/src/image.rs).
 pack_image() { "$W/bin/pack-image" "$1" "$2" "$3"; } # rootfs name tar

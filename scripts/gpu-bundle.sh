@@ -11,7 +11,7 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$out" "$work/debs" "$work/x" "$work/bin"
 # The shim and CLI as `just image` ships them: linked for glibc 2.31.
 release=$(scripts/release.sh)
-cargo build --release -p integration --bin gpu-cri --bin pack-image
+cargo build --release -p integration --bin gpu-cri --bin pack-image --bin glibc-image
 (cd "$work/debs" && apt-get download -q containerd runc busybox-static crun libyajl2 >/dev/null)
 for d in "$work"/debs/*.deb; do dpkg -x "$d" "$work/x"; done
 cp "$work"/x/usr/bin/{containerd,ctr,containerd-shim-runc-v2} "$work/x/usr/sbin/runc" "$work/x/bin/busybox" "$work/bin/"
@@ -29,7 +29,7 @@ cargo test --release -p integration --test shim --no-run 2>&1 | grep -oE 'target
 # The acceptance checks that moved to Rust (integration/tests/gpu_host.rs).
 cargo test --release -p integration --test gpu_host --no-run 2>&1 | grep -oE 'target/release/deps/gpu_host-[0-9a-f]+' | head -1 |
     xargs -I{} cp {} "$work/bin/gpu-host-tests"
-cp "$release"/{containerd-shim-nvidia-v2,nvidia-shim} target/release/{gpu-cri,pack-image} "$work/bin/"
+cp "$release"/{containerd-shim-nvidia-v2,nvidia-shim} target/release/{gpu-cri,pack-image,glibc-image} "$work/bin/"
 # The CRI check's pod sandbox program, static: a GPU host need not have a static libc.
 printf '#include <signal.h>\n#include <unistd.h>\nstatic void bye(int s){(void)s;_exit(0);}\nint main(void){signal(SIGINT,bye);signal(SIGTERM,bye);for(;;)pause();}\n' >"$work/pause.c"
 cc -static -O2 -o "$work/bin/pause" "$work/pause.c"

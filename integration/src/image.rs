@@ -226,7 +226,12 @@ pub fn glibc_rootfs(root: &Path) -> Result<()> {
             }
         }
     }
-    fs::copy("/sbin/ldconfig", root.join("sbin/ldconfig"))?;
+    // Ubuntu's /sbin/ldconfig is a script around ldconfig.real: the image needs the binary.
+    let ldconfig = ["/sbin/ldconfig.real", "/sbin/ldconfig"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .context("no ldconfig on this host")?;
+    fs::copy(ldconfig, root.join("sbin/ldconfig"))?;
     let work = tempfile::tempdir()?;
     let src = work.path().join("dlcheck.c");
     fs::write(&src, DLCHECK_C)?;
@@ -258,7 +263,7 @@ pub fn glibc_rootfs(root: &Path) -> Result<()> {
 "
         ),
     )?;
-    run_ok(Command::new("/sbin/ldconfig").arg("-r").arg(root))?;
+    run_ok(Command::new(ldconfig).arg("-r").arg(root))?;
     fs::write(
         root.join("etc/ld.so.conf"),
         format!(
@@ -267,6 +272,31 @@ pub fn glibc_rootfs(root: &Path) -> Result<()> {
 "
         ),
     )?;
+    Ok(())
+}
+
+/// Copies `bin` into `root`'s /usr/bin (unless `libs_only`) and every library it loads (as
+/// `ldd` resolves them on this host) to the same path in `root`, keeping what is there.
+pub fn add_binary(root: &Path, bin: &Path, libs_only: bool) -> Result<()> {
+    if !libs_only {
+        let name = bin.file_name().context("binary name")?;
+        fs::copy(bin, root.join("usr/bin").join(name))
+            .with_context(|| format!("copying {}", bin.display()))?;
+    }
+    let out = Command::new("ldd").arg(bin).output()?;
+    for lib in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
+    {
+        let to = root.join(lib.trim_start_matches('/'));
+        if to.exists() || fs::symlink_metadata(&to).is_ok() {
+            continue;
+        }
+        if let Some(d) = to.parent() {
+            fs::create_dir_all(d)?;
+        }
+        fs::copy(lib, &to).with_context(|| format!("copying {lib}"))?;
+    }
     Ok(())
 }
 
