@@ -65,6 +65,37 @@ impl Host {
         ))
     }
 
+    /// Starts `ctr run --rm` of `image` with our runtime, the GPU config and all GPUs, in the
+    /// background with its output piped.
+    fn spawn_all_gpus(
+        &mut self,
+        image: &str,
+        id: &str,
+        cmd: &[&str],
+    ) -> Result<std::process::Child> {
+        let id = self.c.track(id);
+        let mut args = vec![
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--runtime-config-path",
+            self.config.as_str(),
+            "--env",
+            "NVIDIA_VISIBLE_DEVICES=all",
+            image,
+            id.as_str(),
+        ];
+        args.extend_from_slice(cmd);
+        Ok(self
+            .c
+            .ctr_command(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?)
+    }
+
     /// Packs `root` as image `name` with the tests' packer and imports it.
     fn import(&self, root: &std::path::Path, name: &str) -> Result<()> {
         let work = tempfile::tempdir()?;
@@ -250,27 +281,7 @@ fn neighbours_and_caches(h: &mut Host) -> Result<()> {
 
     let mut children = Vec::new();
     for i in 0..8 {
-        let id = h.c.track(&format!("p{i}"));
-        let args = [
-            "run",
-            "--rm",
-            "--runtime",
-            RUNTIME,
-            "--runtime-config-path",
-            &config,
-            "--env",
-            "NVIDIA_VISIBLE_DEVICES=all",
-            &image,
-            &id,
-            "cudacheck",
-        ];
-        children.push(
-            h.c.ctr_command(&args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()?,
-        );
+        children.push(h.spawn_all_gpus(&image, &format!("p{i}"), &["cudacheck"])?);
     }
     let mut passed = 0;
     let mut seen = String::new();
@@ -368,29 +379,11 @@ fn fifo_cache(h: &mut Host) -> Result<()> {
     nix::unistd::mkfifo(&cache, nix::sys::stat::Mode::from_bits_truncate(0o644))?;
     let name = "docker.io/library/gpu-acceptance:fifo";
     h.import(&root, name)?;
-    let id = h.c.track("c11");
-    let config = h.config.clone();
-    let args = [
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--runtime-config-path",
-        &config,
-        "--env",
-        "NVIDIA_VISIBLE_DEVICES=all",
+    let child = h.spawn_all_gpus(
         name,
-        &id,
-        "sh",
-        "-c",
-        "ls -l /etc/ld.so.cache; cudacheck",
-    ];
-    let child =
-        h.c.ctr_command(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
+        "c11",
+        &["sh", "-c", "ls -l /etc/ld.so.cache; cudacheck"],
+    )?;
     let pid = child.id() as i32;
     let o = if wait_pid_gone(pid, Duration::from_secs(60)).is_ok() {
         let out = child.wait_with_output()?;

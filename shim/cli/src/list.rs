@@ -62,6 +62,23 @@ pub fn to_json(p: &Plan) -> serde_json::Value {
     })
 }
 
+/// The image layout to plan for: a real image root's, read as the shim reads it, else a
+/// Debian-family one.
+fn layout(rootfs: Option<&Path>) -> Result<ImageLayout, CliError> {
+    match rootfs {
+        Some(dir) => {
+            let root = gpu_core::inroot::Root::open(dir)
+                .map_err(|e| CliError::failed(format!("opening {}: {e}", dir.display())))?;
+            Ok(gpu_core::apply::image_layout(&root))
+        }
+        None => Ok(ImageLayout {
+            libdir: format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH),
+            libdir32: "/usr/lib/i386-linux-gnu".into(),
+            ..Default::default()
+        }),
+    }
+}
+
 /// Runs `list`.
 pub fn run(config: Option<&Path>, args: ListArgs) -> CliResult {
     let ListArgs {
@@ -75,18 +92,7 @@ pub fn run(config: Option<&Path>, args: ListArgs) -> CliResult {
     }
     let (cfg, _) = load_config(config)?;
     let injector = Injector::new(cfg.core());
-    let layout = match rootfs {
-        Some(dir) => {
-            let root = gpu_core::inroot::Root::open(&dir)
-                .map_err(|e| CliError::failed(format!("opening {}: {e}", dir.display())))?;
-            gpu_core::apply::image_layout(&root)
-        }
-        None => ImageLayout {
-            libdir: format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH),
-            libdir32: "/usr/lib/i386-linux-gnu".into(),
-            ..Default::default()
-        },
-    };
+    let layout = layout(rootfs.as_deref())?;
     let plan = injector
         .plan(&spec_for(&env, &annotations)?, &layout)
         .map_err(|e| CliError::failed(e.to_string()))?;
