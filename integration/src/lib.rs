@@ -361,10 +361,21 @@ disabled_plugins = [{disabled}]
 
     /// Starts `ctr run` with our runtime in the background (stdout and stderr captured).
     pub fn spawn_run(&mut self, opts: &[&str], id: &str, cmd: &[&str]) -> Result<Child> {
+        self.spawn_run_image(IMAGE, opts, id, cmd)
+    }
+
+    /// [`Containerd::spawn_run`] of `image`.
+    pub fn spawn_run_image(
+        &mut self,
+        image: &str,
+        opts: &[&str],
+        id: &str,
+        cmd: &[&str],
+    ) -> Result<Child> {
         self.track(id);
         let mut args = vec!["run", "--runtime", RUNTIME];
         args.extend_from_slice(opts);
-        args.push(IMAGE);
+        args.push(image);
         args.push(id);
         args.extend_from_slice(cmd);
         Ok(self

@@ -73,36 +73,20 @@ impl Host {
         id: &str,
         cmd: &[&str],
     ) -> Result<std::process::Child> {
-        let id = self.c.track(id);
-        let mut args = vec![
-            "run",
+        let config = self.config.clone();
+        let opts = [
             "--rm",
-            "--runtime",
-            RUNTIME,
             "--runtime-config-path",
-            self.config.as_str(),
+            &config,
             "--env",
             "NVIDIA_VISIBLE_DEVICES=all",
-            image,
-            id.as_str(),
         ];
-        args.extend_from_slice(cmd);
-        Ok(self
-            .c
-            .ctr_command(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?)
+        self.c.spawn_run_image(image, &opts, id, cmd)
     }
 
     /// Packs `root` as image `name` with the tests' packer and imports it.
     fn import(&self, root: &std::path::Path, name: &str) -> Result<()> {
-        let work = tempfile::tempdir()?;
-        let archive = image::pack(root, name, work.path())?;
-        self.c
-            .ctr_ok(&["images", "import", &archive.display().to_string()])?;
-        Ok(())
+        image::import_rootfs(&self.c, root, name)
     }
 
     fn record(&mut self, n: u32, name: &str, ok: bool, saw: &str) {

@@ -99,7 +99,7 @@ fn lab() -> Result<Lab> {
 fn pause_checkpoints_cuda_processes_and_resume_restores_them() -> Result<()> {
     let mut l = lab()?;
     let a = l.start("sus-a", true)?;
-    let b = l.start("sus-b", true)?;
+    l.start("sus-b", true)?;
     let c = l.start("sus-c", false)?;
     let on_gpu = |pid| FakeProcess {
         uuid: gpu_uuid(0),
@@ -220,7 +220,6 @@ fn pause_checkpoints_cuda_processes_and_resume_restores_them() -> Result<()> {
         "the driver was asked about B or C: {:?}",
         l.calls()
     );
-    let _ = b;
     for id in ["sus-a", "sus-b", "sus-c"] {
         l.c.ctr_ok(&["task", "delete", "-f", id])?;
         l.c.ctr_ok(&["container", "delete", id])?;

@@ -62,10 +62,9 @@ pub fn parse_proc_cgroup(text: &str, v2: bool, root: &Path) -> Option<Cgroup> {
     })
 }
 
-/// The cgroup of a running pid.
-pub fn of_pid(pid: i32) -> Option<Cgroup> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    parse_proc_cgroup(&text, is_v2(), Path::new(ROOT))
+/// The cgroup `/proc/<pid>/cgroup` text names, on this host's hierarchy.
+pub fn of_text(text: &str) -> Option<Cgroup> {
+    parse_proc_cgroup(text, is_v2(), Path::new(ROOT))
 }
 
 fn read_u64(p: &Path) -> u64 {

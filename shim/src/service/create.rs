@@ -29,10 +29,14 @@ impl Service {
         };
         let (pid, pio) =
             create_stage(&req.id, &*runc, &bundle, &settings, &uris, &self.namespace).await?;
-        let cgroup = crate::cgroup::of_pid(pid);
-        let cgroup_key = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .ok()
-            .and_then(|t| gpu_core::assignment::cgroup_key(&t));
+        // One read of the init's cgroup serves the OOM watcher and, for a GPU container, the
+        // assignment record and the suspend plan.
+        let proc_cgroup =
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let cgroup = crate::cgroup::of_text(&proc_cgroup);
+        let cgroup_key = assignment
+            .as_ref()
+            .and_then(|_| gpu_core::assignment::cgroup_key(&proc_cgroup));
         let gpu_suspend = match (&assignment, suspend) {
             (Some(_), Some((injector, ms))) => {
                 suspend_plan(&req.id, &injector, cgroup_key.clone(), ms)
