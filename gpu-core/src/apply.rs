@@ -39,7 +39,12 @@ pub fn image_layout(root: &Root) -> ImageLayout {
 /// The image's CUDA forward-compatibility libraries: exactly one regular `libcuda.so.<version>`
 /// in [`CUDA_COMPAT_DIR`], and the other regular libraries of that version beside it.
 fn cuda_compat(root: &Root) -> Option<CudaCompat> {
-    let files = root.list_files(CUDA_COMPAT_DIR, 256).ok()?;
+    // Only shared libraries matter; a directory crowded with other files must not hide them.
+    let files = root
+        .list_files_matching(CUDA_COMPAT_DIR, 1 << 16, 256, |f| {
+            f.starts_with("lib") && f.contains(".so.")
+        })
+        .ok()?;
     let versions: Vec<&str> = files
         .iter()
         .filter_map(|f| f.strip_prefix("libcuda.so."))

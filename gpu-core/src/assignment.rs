@@ -13,8 +13,11 @@ use serde::{Deserialize, Serialize};
 
 /// The record's file name in the bundle.
 pub const FILE: &str = "nvidia-gpus.json";
-/// The most a reader takes from a record file.
+/// The most a reader takes from a record file, and the most the shim writes.
 pub const LIMIT: u64 = 64 * 1024;
+/// The most kept of each name taken from the spec's annotations (Kubernetes allows 253 bytes
+/// for a pod name; direct clients of containerd allow anything).
+pub const MAX_NAME: usize = 512;
 
 /// The pod a container belongs to, from the CRI annotations containerd puts in every spec.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,19 +56,34 @@ pub struct Assignment {
 }
 
 impl Assignment {
-    /// Writes the record into `bundle` (temporary file, then rename).
+    /// Writes the record into `bundle` (temporary file, then rename). A record its readers would
+    /// refuse (over [`LIMIT`]) is not written.
     pub fn write(&self, bundle: &Path) -> std::io::Result<()> {
         let data = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        if data.len() as u64 > LIMIT {
+            return Err(std::io::Error::other(format!(
+                "the record would be {} bytes, over the {LIMIT}-byte limit its readers keep",
+                data.len()
+            )));
+        }
         let tmp = bundle.join(format!(".{FILE}.tmp"));
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&data)?;
         std::fs::rename(&tmp, bundle.join(FILE))
     }
 
-    /// Reads the record of `bundle`; None when there is none (the container has no GPU).
-    pub fn read(bundle: &Path) -> Option<Self> {
-        let text = crate::hostfile::read_text(&bundle.join(FILE), LIMIT).ok()?;
-        serde_json::from_str(&text).ok()
+    /// Reads the record of `bundle`: `Ok(None)` when there is none (the container has no GPU),
+    /// an error saying why when there is one that cannot be used (too large, not a record).
+    pub fn read(bundle: &Path) -> Result<Option<Self>, String> {
+        let path = bundle.join(FILE);
+        let text = match crate::hostfile::read_text(&path, LIMIT) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| format!("{}: not an assignment record: {e}", path.display()))
     }
 }
 
@@ -86,7 +104,10 @@ pub fn gpu_minor(path: &str) -> Option<u32> {
 /// The pod of a spec made by CRI.
 pub fn pod_of(spec: &Spec) -> Option<PodRef> {
     let a = spec.annotations().as_ref()?;
-    let get = |k: &str| a.get(&format!("io.kubernetes.cri.{k}")).cloned();
+    let get = |k: &str| {
+        a.get(&format!("io.kubernetes.cri.{k}"))
+            .map(|v| crate::echo::clipped(v, MAX_NAME))
+    };
     Some(PodRef {
         name: get("sandbox-name")?,
         namespace: get("sandbox-namespace").unwrap_or_default(),
@@ -145,7 +166,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_devices_filter() {
         let d = tempfile::tempdir().unwrap();
-        assert_eq!(Assignment::read(d.path()), None);
+        assert_eq!(Assignment::read(d.path()), Ok(None));
         let a = Assignment {
             namespace: "k8s.io".into(),
             id: "c1".into(),
@@ -160,8 +181,41 @@ mod tests {
         };
         assert_eq!(a.devices, ["/dev/nvidia1", "/dev/nvidia-caps/nvidia-cap21"]);
         a.write(d.path()).unwrap();
-        assert_eq!(Assignment::read(d.path()), Some(a));
+        assert_eq!(Assignment::read(d.path()), Ok(Some(a)));
         assert_eq!(gpu_minor("/dev/nvidia12"), Some(12));
         assert_eq!(gpu_minor("/dev/nvidiactl"), None);
+    }
+
+    #[test]
+    fn records_stay_within_what_readers_take() {
+        let d = tempfile::tempdir().unwrap();
+        let huge = "x".repeat(70_000);
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": {
+                "io.kubernetes.cri.sandbox-name": huge,
+                "io.kubernetes.cri.sandbox-namespace": "ns",
+                "io.kubernetes.cri.container-name": huge,
+            }
+        }))
+        .unwrap();
+        let pod = pod_of(&spec).unwrap();
+        assert!(pod.name.len() <= MAX_NAME + 64, "{}", pod.name.len());
+        let a = Assignment {
+            pod: Some(pod),
+            ..Default::default()
+        };
+        a.write(d.path()).unwrap();
+        assert!(Assignment::read(d.path()).unwrap().is_some());
+        // One the shim would refuse to write, made by hand: the reader says why.
+        let big = Assignment {
+            selected: vec![huge; 2],
+            ..Default::default()
+        };
+        let e = big.write(d.path()).unwrap_err().to_string();
+        assert!(e.contains("over the 65536-byte limit"), "{e}");
+        std::fs::write(d.path().join(FILE), vec![b' '; 70_000]).unwrap();
+        let e = Assignment::read(d.path()).unwrap_err();
+        assert!(e.contains(FILE) && e.contains("limit"), "{e}");
     }
 }

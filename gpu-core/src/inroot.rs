@@ -18,10 +18,45 @@ pub use write::LinkDir;
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// An open container root.
 pub struct Root {
     fd: OwnedFd,
+    gate: Option<Arc<WriteGate>>,
+}
+
+/// Lets whoever started work on a root take back its right to write there: once
+/// [`WriteGate::close`] returns, no write through a root holding this gate is in progress and none
+/// will start. The shim closes it when it abandons a GPU stage that ran past its time limit, so
+/// work it no longer waits for cannot change a rootfs afterwards.
+#[derive(Debug, Default)]
+pub struct WriteGate {
+    open: Mutex<bool>,
+}
+
+impl WriteGate {
+    /// A gate that lets writes through until closed.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            open: Mutex::new(true),
+        })
+    }
+
+    /// Refuses every later write; waits for one in progress to end.
+    pub fn close(&self) {
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = false;
+    }
+
+    /// Held for the length of one write.
+    fn enter(&self) -> Result<MutexGuard<'_, bool>, InRootError> {
+        let g = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if *g {
+            Ok(g)
+        } else {
+            Err(InRootError::Abandoned)
+        }
+    }
 }
 
 impl Root {
@@ -34,6 +69,20 @@ impl Root {
                 path.display()
             )));
         }
-        Ok(Self { fd: f.into() })
+        Ok(Self {
+            fd: f.into(),
+            gate: None,
+        })
+    }
+
+    /// The same root, whose writes pass `gate` first.
+    pub fn gated(mut self, gate: Arc<WriteGate>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// Held across one write: `None` when ungated, an error once the gate is closed.
+    fn may_write(&self) -> Result<Option<MutexGuard<'_, bool>>, InRootError> {
+        self.gate.as_deref().map(WriteGate::enter).transpose()
     }
 }

@@ -79,7 +79,7 @@ impl Injector {
 
     /// Gives driver libraries that are already mounted in `spec` (by containerd's own CDI
     /// handling) their loader cache entries and links; adds no device and no mount.
-    fn prepare_mounted(&self, spec: &Spec, rootfs: &Path) -> Result<Injected, GpuError> {
+    fn prepare_mounted(&self, spec: &Spec, root: &inroot::Root) -> Result<Injected, GpuError> {
         let mounts: Vec<(std::path::PathBuf, String)> = spec
             .mounts()
             .iter()
@@ -104,10 +104,8 @@ impl Injector {
             }
         };
         let p = plan::plan_for_mounted_libraries(&mounts, &inventory);
-        let root = inroot::Root::open(rootfs)
-            .map_err(|e| GpuError::Refused(format!("opening rootfs {}: {e}", rootfs.display())))?;
-        let mut warnings = apply::write_links(&p, &root);
-        warnings.extend(apply::write_ld_cache(&p, &root)?);
+        let mut warnings = apply::write_links(&p, root);
+        warnings.extend(apply::write_ld_cache(&p, root)?);
         Ok(Injected {
             summary: format!(
                 "devices injected before the shim (CDI): {} mounted driver libraries given loader entries, {} links",
@@ -176,30 +174,30 @@ impl Injector {
     /// Returns `None` when the container asked for nothing (or is a pod sandbox).
     pub fn prepare(&self, spec: &mut Spec, rootfs: &Path) -> Result<Option<Injected>, GpuError> {
         let req = request::parse(spec, &self.config.gpu)?;
-        self.prepare_parsed(req, spec, rootfs)
+        let root = open_root(rootfs)?;
+        self.prepare_parsed(req, spec, &root)
     }
 
     /// [`Injector::prepare`] for a request the caller already parsed from `spec` (the shim parses
-    /// it on its serving thread to decide whether any GPU work is needed at all).
+    /// it on its serving thread to decide whether any GPU work is needed at all), writing through
+    /// `root` (which the caller may have [gated](inroot::Root::gated)).
     pub fn prepare_parsed(
         &self,
         req: Option<request::Request>,
         spec: &mut Spec,
-        rootfs: &Path,
+        root: &inroot::Root,
     ) -> Result<Option<Injected>, GpuError> {
         let Some(req) = req else {
             if request::has_nvidia_devices(spec) {
-                return self.prepare_mounted(spec, rootfs).map(Some);
+                return self.prepare_mounted(spec, root).map(Some);
             }
             return Ok(None);
         };
-        let root = inroot::Root::open(rootfs)
-            .map_err(|e| GpuError::Refused(format!("opening rootfs {}: {e}", rootfs.display())))?;
-        let layout = apply::image_layout(&root);
+        let layout = apply::image_layout(root);
         let p = self.plan_request(&req, &layout)?;
         apply::apply_to_spec(&p, spec)?;
-        let mut warnings = apply::write_links(&p, &root);
-        warnings.extend(apply::write_ld_cache(&p, &root)?);
+        let mut warnings = apply::write_links(&p, root);
+        warnings.extend(apply::write_ld_cache(&p, root)?);
         let assignment = assignment::Assignment {
             requested_by: if req.devices.is_some() {
                 req.source
@@ -223,4 +221,10 @@ impl Injector {
             assignment: Some(assignment),
         }))
     }
+}
+
+/// Opens a container's root for [`Injector::prepare_parsed`].
+pub fn open_root(rootfs: &Path) -> Result<inroot::Root, GpuError> {
+    inroot::Root::open(rootfs)
+        .map_err(|e| GpuError::Refused(format!("opening rootfs {}: {e}", rootfs.display())))
 }

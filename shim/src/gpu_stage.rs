@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gpu_core::inroot::WriteGate;
 use gpu_core::{CoreConfig, GpuError, Injected, Injector};
 
 use crate::errors::ShimError;
@@ -60,18 +61,25 @@ pub async fn run(
     }
     let limit = Duration::from_millis(cfg.gpu.prepare_timeout_ms);
     let injector = injectors.get(cfg);
+    let gate = WriteGate::new();
+    let writes = gate.clone();
     let work = tokio::task::spawn_blocking(move || {
         let mut spec = spec;
-        let injected = injector.prepare_parsed(req, &mut spec, &rootfs)?;
+        let root = gpu_core::open_root(&rootfs)?.gated(writes);
+        let injected = injector.prepare_parsed(req, &mut spec, &root)?;
         Ok::<_, gpu_core::GpuError>((spec, injected))
     });
     match tokio::time::timeout(limit, work).await {
-        Err(_) => Err(GpuError::Refused(format!(
-            "preparing the GPU edits took longer than {} ms (gpu.prepare_timeout_ms); \
+        Err(_) => {
+            // The work goes on without us; from here on it cannot touch the rootfs.
+            let _ = tokio::task::spawn_blocking(move || gate.close()).await;
+            Err(GpuError::Refused(format!(
+                "preparing the GPU edits took longer than {} ms (gpu.prepare_timeout_ms); \
              the container was not created",
-            limit.as_millis()
-        ))
-        .into()),
+                limit.as_millis()
+            ))
+            .into())
+        }
         Ok(Err(join)) => Err(ShimError::Failed(format!(
             "nvidia: the GPU stage failed: {join}"
         ))),

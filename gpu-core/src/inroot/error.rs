@@ -29,6 +29,9 @@ pub enum InRootError {
     /// The root is mounted read-only.
     #[error("the container's root filesystem is read-only")]
     ReadOnly,
+    /// The work that was writing here was abandoned (it ran past its time limit).
+    #[error("the GPU stage was abandoned; nothing more is written into the container's root")]
+    Abandoned,
     /// Any other system error.
     #[error("{path}: {source}")]
     Io {

@@ -38,6 +38,19 @@ impl Root {
     /// (CUDA images make `/usr/local/cuda` one) but can never lead out of it; nothing in it is
     /// opened, entries are told apart by the type the directory records.
     pub fn list_files(&self, rel: &str, limit: usize) -> Result<Vec<String>, InRootError> {
+        self.list_files_matching(rel, limit, limit, |_| true)
+    }
+
+    /// Like [`Root::list_files`], keeping only names `wanted` accepts: up to `scan` entries are
+    /// looked at (a crowded directory does not hide what is wanted among the first few), and
+    /// at most `keep` names are kept.
+    pub fn list_files_matching(
+        &self,
+        rel: &str,
+        scan: usize,
+        keep: usize,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>, InRootError> {
         let path = rel.trim_start_matches('/');
         let fd = openat2(
             self.fd.as_raw_fd(),
@@ -50,10 +63,15 @@ impl Root {
         let rd = std::fs::read_dir(format!("/proc/self/fd/{}", fd.as_raw_fd()))
             .map_err(|e| InRootError::io(&shown(path), e))?;
         let mut out = Vec::new();
-        for entry in rd.take(limit).flatten() {
+        for entry in rd.take(scan).flatten() {
+            if out.len() >= keep {
+                break;
+            }
             if entry.file_type().is_ok_and(|t| t.is_file()) {
                 if let Ok(name) = entry.file_name().into_string() {
-                    out.push(name);
+                    if wanted(&name) {
+                        out.push(name);
+                    }
                 }
             }
         }

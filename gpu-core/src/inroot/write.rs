@@ -6,7 +6,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::error::kind_of;
 use super::sys::{cstr, fstat, link_target, lstat_at, openat2, STRICT};
-use super::{InRootError, Root};
+use super::{InRootError, Root, WriteGate};
+use std::sync::Arc;
 
 impl Root {
     /// Opens (creating as needed) directory `rel`, one component at a time, refusing symlinks
@@ -71,9 +72,11 @@ impl Root {
     /// Opens (creating as needed) directory `dir` for making links in it: the walk to it, which
     /// refuses symlinks, is done once for all the links of that directory.
     pub fn link_dir(&self, dir: &str) -> Result<LinkDir, InRootError> {
+        let _writing = self.may_write()?;
         Ok(LinkDir {
             fd: self.dir(dir)?,
             path: dir.trim_end_matches('/').to_string(),
+            gate: self.gate.clone(),
         })
     }
 
@@ -88,6 +91,7 @@ impl Root {
         data: &[u8],
         mode: u32,
     ) -> Result<(), InRootError> {
+        let _writing = self.may_write()?;
         let target = format!("{}/{name}", dir.trim_end_matches('/'));
         let d = self.dir(dir)?;
         let cname = cstr(name).map_err(|e| InRootError::io(&target, e))?;
@@ -99,20 +103,26 @@ impl Root {
                 want: "regular file",
             });
         }
-        let tmp = format!(".{name}.nvidia-shim.{}", std::process::id());
-        let ctmp = cstr(&tmp).map_err(|e| InRootError::io(&target, e))?;
-        // SAFETY: valid dirfd and NUL-terminated name; O_EXCL|O_NOFOLLOW refuse existing entries.
-        let fd = unsafe {
-            libc::openat(
-                d.as_raw_fd(),
-                ctmp.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                mode,
-            )
-        };
-        if fd < 0 {
-            return Err(InRootError::io(&target, std::io::Error::last_os_error()));
-        }
+        let (fd, ctmp) = with_temp_name(dir, name, |ctmp| {
+            // SAFETY: valid dirfd and NUL-terminated name; O_EXCL|O_NOFOLLOW refuse existing entries.
+            let fd = unsafe {
+                libc::openat(
+                    d.as_raw_fd(),
+                    ctmp.as_ptr(),
+                    libc::O_WRONLY
+                        | libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_NOFOLLOW
+                        | libc::O_CLOEXEC,
+                    mode,
+                )
+            };
+            if fd < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(fd)
+            }
+        })?;
         // SAFETY: new descriptor from openat.
         let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         let res = f.write_all(data).and_then(|_| {
@@ -138,6 +148,7 @@ impl Root {
 pub struct LinkDir {
     fd: OwnedFd,
     path: String,
+    gate: Option<Arc<WriteGate>>,
 }
 
 impl LinkDir {
@@ -145,6 +156,7 @@ impl LinkDir {
     /// name, say) is replaced in this root by a temp link renamed over it, without being opened;
     /// a directory there is refused; a link already pointing at `target` is left alone.
     pub fn symlink(&self, name: &str, target: &str) -> Result<(), InRootError> {
+        let _writing = self.gate.as_deref().map(WriteGate::enter).transpose()?;
         let path = format!("{}/{name}", self.path);
         let d = &self.fd;
         let cname = cstr(name).map_err(|e| InRootError::io(&path, e))?;
@@ -172,12 +184,14 @@ impl LinkDir {
                 _ => {}
             },
         }
-        let tmp = cstr(&format!(".{name}.nvidia-shim.{}", std::process::id()))
-            .map_err(|e| InRootError::io(&path, e))?;
-        // SAFETY: valid names and dirfd; symlinkat never follows anything.
-        if unsafe { libc::symlinkat(ctarget.as_ptr(), d.as_raw_fd(), tmp.as_ptr()) } != 0 {
-            return Err(InRootError::io(&path, std::io::Error::last_os_error()));
-        }
+        let ((), tmp) = with_temp_name(&self.path, name, |tmp| {
+            // SAFETY: valid names and dirfd; symlinkat never follows anything.
+            if unsafe { libc::symlinkat(ctarget.as_ptr(), d.as_raw_fd(), tmp.as_ptr()) } != 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        })?;
         // SAFETY: valid dirfd and names; rename replaces the entry without following it.
         if unsafe { libc::renameat(d.as_raw_fd(), tmp.as_ptr(), d.as_raw_fd(), cname.as_ptr()) }
             != 0
@@ -189,4 +203,35 @@ impl LinkDir {
         }
         Ok(())
     }
+}
+
+/// Runs `make` on fresh temp names beside `dir/name` until one is free. The image may have put
+/// entries at names we could pick; a few tries with unpredictable suffixes get past that, and
+/// the error names the temp entry that was in the way, not the file being written.
+fn with_temp_name<T>(
+    dir: &str,
+    name: &str,
+    mut make: impl FnMut(&std::ffi::CStr) -> std::io::Result<T>,
+) -> Result<(T, std::ffi::CString), InRootError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut last = String::new();
+    for _ in 0..8 {
+        let salt = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = format!(".{name}.nvidia-shim.{}.{n}.{salt:08x}", std::process::id());
+        last = format!("{}/{tmp}", dir.trim_end_matches('/'));
+        let c = cstr(&tmp).map_err(|e| InRootError::io(&last, e))?;
+        match make(&c) {
+            Ok(v) => return Ok((v, c)),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+            Err(e) => return Err(InRootError::io(&last, e)),
+        }
+    }
+    Err(InRootError::io(
+        &last,
+        std::io::Error::from_raw_os_error(libc::EEXIST),
+    ))
 }

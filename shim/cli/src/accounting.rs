@@ -89,6 +89,20 @@ pub struct Report {
     pub containers: Vec<Container>,
     /// GPU processes of no known GPU container (host processes, other runtimes).
     pub unattributed: Vec<Proc>,
+    /// Containers whose assignment record could not be used, and why: their processes show
+    /// as unattributed.
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A container whose assignment record could not be read.
+#[derive(Clone, Debug, Serialize)]
+pub struct Unreadable {
+    /// containerd namespace (the bundle's parent directory).
+    pub namespace: String,
+    /// Container id (the bundle's directory).
+    pub id: String,
+    /// Why.
+    pub reason: String,
 }
 
 /// One GPU.
@@ -112,8 +126,9 @@ fn process_cgroup(pid: u32) -> Option<String> {
 
 /// Running GPU containers under `state_dir`: a record whose init process still lives in the
 /// recorded cgroup (a reused PID elsewhere does not count).
-fn running(state_dir: &Path) -> Vec<(Assignment, Option<Suspension>)> {
+fn running(state_dir: &Path) -> (Vec<(Assignment, Option<Suspension>)>, Vec<Unreadable>) {
     let mut out = Vec::new();
+    let mut unreadable = Vec::new();
     let dirs = |p: &Path| -> Vec<PathBuf> {
         std::fs::read_dir(p)
             .map(|r| {
@@ -125,8 +140,22 @@ fn running(state_dir: &Path) -> Vec<(Assignment, Option<Suspension>)> {
     };
     for ns in dirs(state_dir) {
         for bundle in dirs(&ns) {
-            let Some(a) = Assignment::read(&bundle) else {
-                continue;
+            let a = match Assignment::read(&bundle) {
+                Ok(Some(a)) => a,
+                Ok(None) => continue,
+                Err(reason) => {
+                    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+                    eprintln!(
+                        "nvidia-shim: warning: assignment record skipped: {}",
+                        crate::printable::escaped(&reason)
+                    );
+                    unreadable.push(Unreadable {
+                        namespace: name(&ns).unwrap_or_default(),
+                        id: name(&bundle).unwrap_or_default(),
+                        reason,
+                    });
+                    continue;
+                }
             };
             let pid = std::fs::read_to_string(bundle.join("init.pid"))
                 .ok()
@@ -140,7 +169,8 @@ fn running(state_dir: &Path) -> Vec<(Assignment, Option<Suspension>)> {
         }
     }
     out.sort_by(|(a, _), (b, _)| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));
-    out
+    unreadable.sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));
+    (out, unreadable)
 }
 
 /// The NVML library the shim's discovery would use.
@@ -228,6 +258,7 @@ pub fn join(
             .collect(),
         containers,
         unattributed,
+        unreadable: Vec::new(),
     }
 }
 
@@ -238,11 +269,13 @@ pub fn report(
     state_dir: &Path,
     namespace: Option<&str>,
 ) -> Result<Report, CliError> {
-    let records = running(state_dir);
+    let (records, unreadable) = running(state_dir);
     let gpus = usage::read(&nvml_library(cfg)?).map_err(CliError::failed)?;
     let mut r = join(records, &gpus, process_cgroup);
+    r.unreadable = unreadable;
     if let Some(ns) = namespace {
         r.containers.retain(|c| c.namespace == ns);
+        r.unreadable.retain(|u| u.namespace == ns);
     }
     Ok(r)
 }

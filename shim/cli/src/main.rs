@@ -13,6 +13,7 @@ mod info;
 mod install;
 mod list;
 mod metrics;
+mod printable;
 mod suspend;
 mod top;
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::accounting::{self, Report, DEFAULT_STATE_DIR};
+use crate::printable::escaped;
 use crate::{load_config, CliError, CliResult};
 
 /// `top` options.
@@ -59,7 +60,10 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(
             s,
             "{:<4} {:<42} {:<28} {:>22}",
-            g.index, g.uuid, g.name, mem
+            g.index,
+            escaped(&g.uuid),
+            escaped(&g.name),
+            mem
         );
     }
     let _ = writeln!(s);
@@ -89,7 +93,7 @@ pub fn render(r: &Report) -> String {
     };
     for c in &r.containers {
         let mut pod = c.pod.as_ref().map_or("-".into(), |p| {
-            format!("{}/{} ({})", p.namespace, p.name, p.container)
+            escaped(&format!("{}/{} ({})", p.namespace, p.name, p.container))
         });
         if let Some(su) = &c.suspended {
             pod = format!("{pod} PAUSED, {} released", mib(Some(su.released_bytes)));
@@ -105,15 +109,25 @@ pub fn render(r: &Report) -> String {
         } else {
             gpus
         };
-        let id: String = c.id.chars().take(12).collect();
+        let id = escaped(&c.id.chars().take(12).collect::<String>());
         let mem = mib(Some(c.used_memory_bytes));
-        row(&mut s, [&c.namespace, &id, &pod, &gpus, "", &mem, "", ""]);
+        let ns = escaped(&c.namespace);
+        row(&mut s, [&ns, &id, &pod, &gpus, "", &mem, "", ""]);
         for p in &c.processes {
             proc_row(&mut s, "", "", "", p);
         }
     }
     for p in &r.unattributed {
         proc_row(&mut s, "-", "(none)", "not in a GPU container", p);
+    }
+    for u in &r.unreadable {
+        let _ = writeln!(
+            s,
+            "{}/{}: assignment record not used ({}); its processes show as unattributed",
+            escaped(&u.namespace),
+            escaped(&u.id),
+            escaped(&u.reason)
+        );
     }
     s
 }

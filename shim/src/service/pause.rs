@@ -11,19 +11,32 @@ impl Service {
         let (runc, plan, bundle) = {
             let mut map = self.lock();
             let c = container_mut(&mut map, id)?;
+            if c.init.status == Status::PAUSED {
+                return Ok(());
+            }
+            if c.init.status != Status::RUNNING {
+                return Err(precondition(format!(
+                    "container {id:?} is {:?}, not running",
+                    c.init.status
+                )));
+            }
             c.init.status = Status::PAUSING;
             (c.runc.clone(), c.gpu_suspend.clone(), c.bundle.clone())
         };
-        let set_status = |s: Status| {
+        // The init may exit while the driver or runc is busy; its exit handler then marks it
+        // STOPPED, and nothing here may put it back.
+        let leave_pausing = |s: Status| {
             if let Some(c) = self.lock().get_mut(id) {
-                c.init.status = s;
+                if c.init.status == Status::PAUSING {
+                    c.init.status = s;
+                }
             }
         };
         let suspended = match &plan {
             Some(p) => match suspend::suspend(p).await {
                 Ok(s) => s,
                 Err(e) => {
-                    set_status(Status::RUNNING);
+                    leave_pausing(Status::RUNNING);
                     return Err(e.into());
                 }
             },
@@ -38,7 +51,7 @@ impl Service {
                     );
                 }
             }
-            set_status(Status::RUNNING);
+            leave_pausing(Status::RUNNING);
             return Err(unknown(e.to_string()));
         }
         if !suspended.is_empty() {
@@ -51,8 +64,8 @@ impl Service {
             );
         }
         suspend::record(&bundle, &suspended);
+        leave_pausing(Status::PAUSED);
         if let Some(c) = self.lock().get_mut(id) {
-            c.init.status = Status::PAUSED;
             c.suspended = suspended;
         }
         let mut ev = TaskPaused::new();
@@ -87,7 +100,9 @@ impl Service {
             suspend::record(&bundle, &[]);
         }
         if let Some(c) = self.lock().get_mut(id) {
-            c.init.status = Status::RUNNING;
+            if c.init.status == Status::PAUSED {
+                c.init.status = Status::RUNNING;
+            }
             c.suspended.clear();
         }
         let mut ev = TaskResumed::new();

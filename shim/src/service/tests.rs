@@ -17,6 +17,9 @@ struct FakeRuntime {
     exits: mpsc::UnboundedSender<Exit>,
     next_pid: AtomicI32,
     inits: Mutex<HashMap<String, i32>>,
+    /// When set, a pause ends the container's init, then waits here and fails: an init that
+    /// dies while the driver or runc is still busy with a Pause.
+    pause_kills: Mutex<Option<Arc<Notify>>>,
 }
 
 impl FakeRuntime {
@@ -84,8 +87,16 @@ impl Delegate for FakeRuntime {
             .remove(id);
         Ok(())
     }
-    async fn pause(&self, _: &str) -> Result<(), RuncError> {
-        Ok(())
+    async fn pause(&self, id: &str) -> Result<(), RuncError> {
+        let hold = self
+            .pause_kills
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(hold) = hold else { return Ok(()) };
+        self.kill(id, 9, false).await?;
+        hold.notified().await;
+        Err(RuncError::classify("fake pause", "container exited".into()))
     }
     async fn resume(&self, _: &str) -> Result<(), RuncError> {
         Ok(())
@@ -100,6 +111,7 @@ impl Delegate for FakeRuntime {
 
 struct Bench {
     svc: Arc<Service>,
+    fake: Arc<FakeRuntime>,
     events: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
     exits: mpsc::UnboundedSender<Exit>,
     dir: tempfile::TempDir,
@@ -127,16 +139,19 @@ fn bench() -> Bench {
         exits: exits.clone(),
         next_pid: AtomicI32::new(FIRST_PID),
         inits: Mutex::new(HashMap::new()),
+        pause_kills: Mutex::new(None),
     });
+    let delegate = fake.clone();
     let svc = Arc::new(Service::with_delegates(
         "ns".into(),
         publisher,
         Arc::new(Notify::new()),
-        Arc::new(move |_: &Settings, _: &Path| -> Arc<dyn Delegate> { fake.clone() }),
+        Arc::new(move |_: &Settings, _: &Path| -> Arc<dyn Delegate> { delegate.clone() }),
     ));
     tokio::spawn(svc.clone().handle_exits(exit_rx));
     Bench {
         svc,
+        fake,
         events,
         exits,
         dir: tempfile::tempdir().expect("tempdir"),
@@ -185,6 +200,19 @@ impl Bench {
         req.id = id.into();
         req.exec_id = exec_id.into();
         self.svc.delete(&ctx(), req).await
+    }
+
+    async fn pause(&self, id: &str) -> TtrpcResult<api::Empty> {
+        let mut req = api::PauseRequest::new();
+        req.id = id.into();
+        self.svc.pause(&ctx(), req).await
+    }
+
+    async fn status(&self, id: &str) -> Status {
+        let mut req = api::StateRequest::new();
+        req.id = id.into();
+        let state = self.svc.state(&ctx(), req).await.expect("state");
+        state.status.enum_value_or_default()
     }
 
     async fn exec(&self, id: &str, exec_id: &str) -> TtrpcResult<api::Empty> {
@@ -314,4 +342,30 @@ async fn each_state_refuses_what_it_cannot_do() {
     );
     b.delete("c3", "").await.expect("delete");
     assert_eq!(code(b.delete("c3", "").await.unwrap_err()), Code::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_init_that_exits_during_a_failed_pause_stays_stopped() {
+    let b = bench();
+    b.create("c4").await.expect("create");
+    b.start("c4", "").await.expect("start");
+    let hold = Arc::new(Notify::new());
+    *b.fake.pause_kills.lock().expect("lock") = Some(hold.clone());
+    let svc = b.svc.clone();
+    let pause = tokio::spawn(async move {
+        let mut req = api::PauseRequest::new();
+        req.id = "c4".into();
+        svc.pause(&ctx(), req).await
+    });
+    // The exit is handled while the Pause is still in flight; then the Pause fails.
+    assert_eq!(b.wait("c4", "").await.expect("wait").exit_status, 137);
+    hold.notify_one();
+    assert!(pause.await.expect("join").is_err(), "the pause failed");
+    assert_eq!(b.status("c4").await, Status::STOPPED);
+    // Nothing is refused afterwards: a stopped task deletes, a second pause is refused.
+    assert_eq!(
+        code(b.pause("c4").await.unwrap_err()),
+        Code::FAILED_PRECONDITION
+    );
+    assert_eq!(b.delete("c4", "").await.expect("delete").exit_status, 137);
 }
