@@ -136,6 +136,7 @@ state = "{d}/state"
 disabled_plugins = [{disabled}]
 [grpc]
   address = "{d}/containerd.sock"
+  max_recv_message_size = 67108864
 [ttrpc]
   address = "{d}/containerd.sock.ttrpc"
 {extra}

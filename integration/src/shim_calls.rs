@@ -40,7 +40,7 @@ impl Containerd {
         let mut r = ttrpc::Request::new();
         r.service = service.to_string();
         r.method = method.to_string();
-        r.timeout_nano = 10_000_000_000;
+        r.timeout_nano = 60_000_000_000;
         r.payload = req.write_to_bytes()?;
         let mut ns = ttrpc::proto::KeyValue::new();
         ns.key = "containerd-namespace".into();

@@ -219,3 +219,99 @@ fn top_and_metrics_attribute_shared_gpu_memory_to_containers() -> Result<()> {
     );
     lab.c.assert_clean()
 }
+
+/// Hardening round 2, findings 3 and 4: a 70 000-byte sandbox name must not hide the container
+/// from `top` (its record is bounded when written), and control characters in names must not
+/// reach the operator's terminal. A record too large to read is named, not skipped silently.
+#[test]
+fn hostile_pod_names_neither_hide_a_container_nor_reach_the_terminal() -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("nvacct-")
+        .tempdir_in("/tmp")?;
+    let host = FakeHost::build_with_nvml(dir.path(), Layout::Gke, 1, false)?;
+    let config = host.write_config()?;
+    let c = Containerd::start()?;
+    import_glibc(&c)?;
+    let mut lab = Lab {
+        c,
+        host,
+        config,
+        _dir: dir,
+    };
+    let long = format!("io.kubernetes.cri.sandbox-name={}", "p".repeat(70_000));
+    let evil = "io.kubernetes.cri.container-name=x\x1b[2J\x1b[Hhidden\r\u{202e}gnp.exe";
+    let args = [
+        "-d",
+        "--runtime-config-path",
+        &lab.config,
+        "--env",
+        "NVIDIA_VISIBLE_DEVICES=0",
+        "--annotation",
+        &long,
+        "--annotation",
+        "io.kubernetes.cri.sandbox-namespace=ns\x07",
+        "--annotation",
+        evil,
+    ];
+    lab.c
+        .run_image(GLIBC_IMAGE, &args, "acct-evil", &["sleep", "1000"])?;
+    let pid: u32 = std::fs::read_to_string(lab.c.bundle("acct-evil").join("init.pid"))?
+        .trim()
+        .parse()?;
+    lab.host.set_nvml_processes(&[FakeProcess {
+        uuid: gpu_uuid(0),
+        pid,
+        used_bytes: GIB,
+        sm: 10,
+        mem: 5,
+        graphics: false,
+    }])?;
+    let out = lab.cli(&["top", "--json"])?;
+    let top: Value = serde_json::from_str(&stdout(&out))?;
+    let row = container(&top, "acct-evil").with_context(|| format!("hidden: {top}"))?;
+    ensure!(row["used_memory_bytes"] == GIB, "{row}");
+    ensure!(
+        top["unattributed"].as_array().is_some_and(Vec::is_empty),
+        "its process became a stranger: {top}"
+    );
+
+    let out = lab.cli(&["top"])?;
+    let table = stdout(&out);
+    ensure!(out.status.success(), "{out:?}");
+    ensure!(
+        !table
+            .chars()
+            .any(|ch| (ch.is_control() && ch != '\n') || ch == '\u{202e}'),
+        "a control character reached the terminal: {table:?}"
+    );
+    ensure!(
+        table.contains("\\u{1b}[2J") && table.contains("\\u{202e}") && table.contains("\\u{7}"),
+        "the escapes are shown, not dropped: {table}"
+    );
+
+    // A record larger than readers take (written by hand; the shim no longer writes one) is
+    // named on stderr and in both outputs.
+    let state = tempfile::tempdir()?;
+    let bogus = state.path().join("ns1/bogus");
+    std::fs::create_dir_all(&bogus)?;
+    std::fs::write(bogus.join("nvidia-gpus.json"), vec![b' '; 70_000])?;
+    let run = |args: &[&str]| {
+        Command::new(bin_dir().join("nvidia-shim"))
+            .args(["--config", &lab.config])
+            .args(args)
+            .arg("--state-dir")
+            .arg(state.path())
+            .output()
+    };
+    let out = run(&["top"])?;
+    ensure!(
+        stdout(&out).contains("ns1/bogus: assignment record not used")
+            && String::from_utf8_lossy(&out.stderr).contains("over the 65536-byte limit"),
+        "{out:?}"
+    );
+    let out = run(&["top", "--json"])?;
+    let top: Value = serde_json::from_str(&stdout(&out))?;
+    ensure!(top["unreadable"][0]["id"] == "bogus", "json: {top}");
+    lab.remove("acct-evil")?;
+    lab.c.assert_clean()
+}

@@ -476,3 +476,201 @@ fn slow_gpu_work_does_not_hold_the_pod_hostage() -> Result<()> {
     let _ = l.c.ctr(&["containers", "rm", "slow-alone"]);
     l.c.assert_clean()
 }
+
+/// Resident and peak memory of a process, in KiB.
+fn rss_kib(pid: i32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| name.to_string())
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Hardening round 2, finding 2: the pod's shim does not keep a large spec's memory. A GPU
+/// container whose spec is 17 MB (1.3 M env entries and annotations) is created in the pod's shim
+/// — straight over ttrpc, as containerd would, since its own clients stop at 16 MiB messages —
+/// and the shim's RSS afterwards stays within 16 MiB of what it was before.
+#[test]
+fn a_large_spec_leaves_the_pod_shim_near_its_idle_memory() -> Result<()> {
+    use containerd_shim_protos::api;
+    const V2: &str = "containerd.task.v2.Task";
+    let mut l = lab()?;
+    let shim = l.start_healthy()?;
+    // Idle means a shim that has served a GPU container: discovery cached, its code paged in.
+    let out = l.run_gpu(GLIBC_IMAGE, "mem-warm", &[], "true")?;
+    ensure!(out.status.success(), "{out:?}");
+    let (idle, _) = rss_kib(shim)?;
+
+    // The big container's bundle: the healthy one's spec, 1.3 M more env entries, a GPU, and a
+    // root of its own (a plain directory, as `ctr run --rootfs` gives).
+    let work = tempfile::Builder::new()
+        .prefix("nvmem-")
+        .tempdir_in("/tmp")?;
+    let bundle = work.path().join("bundle");
+    let rootfs = work.path().join("rootfs");
+    integration::image::glibc_rootfs(&rootfs)?;
+    std::fs::create_dir_all(&bundle)?;
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(l.c.bundle("healthy").join("config.json"))?)?;
+    spec["root"] = serde_json::json!({"path": rootfs.display().to_string()});
+    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/{}/mem-large", l.c.namespace));
+    // runc's init sets the environment one variable at a time (quadratic in their number), so
+    // most of the bulk is annotations, which the shim parses and keeps just the same.
+    let env = spec["process"]["env"].as_array_mut().context("env")?;
+    env.push("NVIDIA_VISIBLE_DEVICES=0".into());
+    env.extend((0..100_000u32).map(|i| serde_json::Value::from(format!("E{i:07}=12"))));
+    let notes = spec["annotations"].as_object_mut().context("annotations")?;
+    notes.extend((0..1_200_000u32).map(|i| (format!("n{i:07}"), "1".into())));
+    let data = serde_json::to_vec(&spec)?;
+    drop(spec);
+    ensure!(data.len() > 17_000_000, "the spec is {} bytes", data.len());
+    std::fs::write(bundle.join("config.json"), &data)?;
+
+    let mut req = api::CreateTaskRequest::new();
+    req.id = "mem-large".into();
+    req.bundle = bundle.display().to_string();
+    // runtimeoptions.v1.Options { config_path } (field 2), as `--runtime-config-path` sends it.
+    let path = l.config.as_bytes();
+    ensure!(path.len() < 128, "a one-byte length");
+    let mut options = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
+    options.type_url = "runtimeoptions.v1.Options".into();
+    options.value = [&[0x12, path.len() as u8][..], path].concat();
+    req.options = Some(options).into();
+    let created: api::CreateTaskResponse =
+        l.c.shim_call("healthy", V2, "Create", &req)
+            .with_context(|| l.c.log_tail())?;
+    ensure!(created.pid > 0, "no init pid");
+    let (after, peak) = rss_kib(shim)?;
+    eprintln!(
+        "spec {} MB: pod shim {} KiB before, {} KiB after the Create, peak {} KiB",
+        data.len() / 1_000_000,
+        idle,
+        after,
+        peak
+    );
+    let mut kill = api::KillRequest::new();
+    kill.id = "mem-large".into();
+    kill.signal = 9;
+    let _: api::Empty = l.c.shim_call("healthy", V2, "Kill", &kill)?;
+    let mut wait = api::WaitRequest::new();
+    wait.id = "mem-large".into();
+    let _: api::WaitResponse = l.c.shim_call("healthy", V2, "Wait", &wait)?;
+    let mut del = api::DeleteRequest::new();
+    del.id = "mem-large".into();
+    let _: api::DeleteResponse = l.c.shim_call("healthy", V2, "Delete", &del)?;
+    ensure!(
+        after <= idle + 16 * 1024,
+        "the pod's shim keeps {} MiB more after a {} MB spec (idle {} MiB)",
+        (after.saturating_sub(idle)) >> 10,
+        data.len() / 1_000_000,
+        idle >> 10
+    );
+    l.healthy_answers("after-large")?;
+    l.stop_healthy()?;
+    l.c.assert_clean()
+}
+
+/// Hardening round 2, note 5: a GPU stage abandoned at its time limit goes on in the background
+/// (a driver call cannot be interrupted), but it may no longer write into the container's root:
+/// the directory given with `--rootfs` is byte for byte as it was once that work has ended.
+#[test]
+fn an_abandoned_gpu_stage_writes_nothing_into_the_rootfs() -> Result<()> {
+    let mut l = lab()?;
+    std::fs::write(
+        &l.config,
+        std::fs::read_to_string(&l.config)? + "prepare_timeout_ms = 2000\n",
+    )?;
+    l.host.set_nvml_delay(5000)?;
+    l.start_healthy()?;
+    let work = tempfile::Builder::new()
+        .prefix("nvabandon-")
+        .tempdir_in("/tmp")?;
+    let rootfs = work.path().join("rootfs");
+    integration::image::glibc_rootfs(&rootfs)?;
+    let cache_before = std::fs::read(rootfs.join("etc/ld.so.cache"))?;
+    let listing = |dir: &Path| -> Result<Vec<String>> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)?
+            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_>>()?;
+        v.sort();
+        Ok(v)
+    };
+    let libdir = rootfs.join("usr/lib/x86_64-linux-gnu");
+    let libs_before = listing(&libdir)?;
+    let out = l.c.ctr(&[
+        "run",
+        "--runtime",
+        integration::RUNTIME,
+        "--annotation",
+        POD,
+        "--runtime-config-path",
+        &l.config,
+        "--env",
+        "NVIDIA_VISIBLE_DEVICES=0",
+        "--rootfs",
+        &rootfs.display().to_string(),
+        "abandoned",
+        "true",
+    ])?;
+    l.c.track("abandoned");
+    ensure!(
+        !out.status.success() && stderr(&out).contains("took longer than 2000 ms"),
+        "{out:?}"
+    );
+    let _ = l.c.ctr(&["containers", "rm", "abandoned"]);
+    // The pod's shim lives on, and so does the abandoned work, until the driver answers.
+    wait_until(
+        Duration::from_secs(30),
+        "the abandoned GPU stage to end",
+        || Ok(l.c.log_tail().contains("the abandoned GPU stage ended")),
+    )?;
+    ensure!(
+        std::fs::read(rootfs.join("etc/ld.so.cache"))? == cache_before,
+        "the loader cache was rewritten after the Create had failed"
+    );
+    ensure!(
+        listing(&libdir)? == libs_before,
+        "links were made in the rootfs after the Create had failed: {:?}",
+        listing(&libdir)?
+    );
+    l.healthy_answers("after-abandon")?;
+    l.stop_healthy()?;
+    l.c.assert_clean()
+}
+
+/// Hardening round 2, note 5: the forward-compat libraries of an image whose compat directory is
+/// crowded with other files are still found (the check looked at its first 256 entries only).
+#[test]
+fn forward_compat_libraries_are_found_in_a_crowded_directory() -> Result<()> {
+    let mut l = lab()?;
+    import_glibc_variant(&l.c, "docker.io/library/hostile:crowded-compat", &[], |r| {
+        let compat = r.join("usr/local/cuda/compat");
+        std::fs::create_dir_all(&compat)?;
+        for i in 0..20_000 {
+            std::fs::write(compat.join(format!("note-{i:05}.txt")), b"")?;
+        }
+        gpu_core::fixture::build_lib(
+            &compat.join("libcuda.so.999.10.01"),
+            "libcuda.so.1",
+            "compat libcuda",
+        )?;
+        Ok(())
+    })?;
+    let out = l.run_gpu(
+        "docker.io/library/hostile:crowded-compat",
+        "crowded",
+        &[],
+        "dlcheck libcuda.so.1",
+    )?;
+    ensure!(
+        out.status.success() && stdout(&out).contains("compat libcuda"),
+        "the image's newer compat libcuda was not chosen: {out:?}\n{}",
+        l.c.log_tail()
+    );
+    l.c.assert_clean()
+}

@@ -226,3 +226,49 @@ fn pause_checkpoints_cuda_processes_and_resume_restores_them() -> Result<()> {
     }
     l.c.assert_clean()
 }
+
+/// Hardening round 2, finding 1: the init dies while a Pause waits on a driver that does not
+/// answer. The failed Pause must not revive it: the task shows STOPPED and deletes normally.
+#[test]
+fn an_init_that_dies_during_a_hung_suspend_is_stopped_not_running() -> Result<()> {
+    let mut l = lab()?;
+    let pid = l.start("sus-dead", true)?;
+    l.host.set_nvml_processes(&[FakeProcess {
+        uuid: gpu_uuid(0),
+        pid,
+        used_bytes: GIB,
+        sm: 0,
+        mem: 0,
+        graphics: false,
+    }])?;
+    fake_cuda::set_failures(&l.lib, &format!("hang-lock {pid}\n"))?;
+    let pause =
+        l.c.ctr_command(&["task", "pause", "sus-dead"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+    integration::wait_until(
+        std::time::Duration::from_secs(20),
+        "the driver's lock call",
+        || Ok(l.calls().contains(&format!("lock {pid}"))),
+    )?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let out = pause.wait_with_output()?;
+    ensure!(
+        !out.status.success() && stderr(&out).contains("no answer from the driver"),
+        "{out:?}"
+    );
+    ensure!(
+        l.status("sus-dead")? == "STOPPED",
+        "a dead init shows as {}",
+        l.status("sus-dead")?
+    );
+    fake_cuda::set_failures(&l.lib, "")?;
+    l.c.ctr_ok(&["task", "delete", "sus-dead"])?;
+    l.c.ctr_ok(&["container", "delete", "sus-dead"])?;
+    l.c.assert_clean()
+}

@@ -63,19 +63,28 @@ pub async fn run(
     let injector = injectors.get(cfg);
     let gate = WriteGate::new();
     let writes = gate.clone();
-    let work = tokio::task::spawn_blocking(move || {
+    let mut work = tokio::task::spawn_blocking(move || {
         let mut spec = spec;
         let root = gpu_core::open_root(&rootfs)?.gated(writes);
         let injected = injector.prepare_parsed(req, &mut spec, &root)?;
         Ok::<_, gpu_core::GpuError>((spec, injected))
     });
-    match tokio::time::timeout(limit, work).await {
+    match tokio::time::timeout(limit, &mut work).await {
         Err(_) => {
             // The work goes on without us; from here on it cannot touch the rootfs.
             let _ = tokio::task::spawn_blocking(move || gate.close()).await;
+            let id = id.to_string();
+            tokio::spawn(async move {
+                let how = match work.await {
+                    Ok(Ok(_)) => "finished".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                tracing::info!(id, "gpu: the abandoned GPU stage ended: {how}");
+            });
             Err(GpuError::Refused(format!(
                 "preparing the GPU edits took longer than {} ms (gpu.prepare_timeout_ms); \
-             the container was not created",
+                 the container was not created",
                 limit.as_millis()
             ))
             .into())

@@ -11,6 +11,7 @@ pub mod errors;
 pub mod gpu_stage;
 pub mod io;
 pub mod logging;
+pub mod memory;
 pub mod publisher;
 pub mod reaper;
 pub mod runc;

@@ -138,14 +138,16 @@ impl Task for Service {
             return Err(unimplemented("Create from a checkpoint"));
         }
         tracing::info!(id = req.id.as_str(), "create");
-        self.do_create(&req).await.map_err(|e| {
+        let res = self.do_create(&req).await.map_err(|e| {
             tracing::error!(
                 id = req.id.as_str(),
                 "create failed: {}",
                 gpu_core::echo::clipped(&e.to_string(), crate::errors::MAX_MESSAGE)
             );
             e.into()
-        })
+        });
+        crate::memory::give_back();
+        res
     }
 
     async fn start(

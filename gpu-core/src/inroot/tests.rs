@@ -134,3 +134,49 @@ fn non_regular_files_are_never_opened_and_refusals_say_why() {
     );
     assert!(r.read("/nope", 10).unwrap_err().is_not_found());
 }
+
+#[test]
+fn squatted_temp_names_do_not_stop_a_write() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(t.path().join("etc")).unwrap();
+    // What the image could place where the name a writer picks would be (the old name was
+    // `.<name>.nvidia-shim.<pid>`): a symlink out of the root and a plain file.
+    let pid = std::process::id();
+    symlink(
+        "/etc/passwd",
+        t.path().join(format!("etc/.ld.so.cache.nvidia-shim.{pid}")),
+    )
+    .unwrap();
+    std::fs::write(t.path().join(format!("etc/.libx.nvidia-shim.{pid}")), b"").unwrap();
+    let r = Root::open(t.path()).unwrap();
+    r.write_atomic("/etc", "ld.so.cache", b"new", 0o644)
+        .unwrap();
+    assert_eq!(
+        std::fs::read(t.path().join("etc/ld.so.cache")).unwrap(),
+        b"new"
+    );
+    r.symlink_atomic("/etc", "libx", "target").unwrap();
+    assert_eq!(
+        std::fs::read_link(t.path().join("etc/libx")).unwrap(),
+        std::path::Path::new("target")
+    );
+}
+
+#[test]
+fn a_closed_gate_stops_every_write() {
+    let t = tempfile::tempdir().unwrap();
+    let gate = WriteGate::new();
+    let r = Root::open(t.path()).unwrap().gated(gate.clone());
+    let dir = r.link_dir("/lib").unwrap();
+    r.write_atomic("/etc", "a", b"1", 0o644).unwrap();
+    gate.close();
+    for e in [
+        r.write_atomic("/etc", "b", b"2", 0o644).unwrap_err(),
+        r.link_dir("/usr").unwrap_err(),
+        dir.symlink("x", "y").unwrap_err(),
+    ] {
+        assert!(matches!(e, InRootError::Abandoned), "{e}");
+    }
+    assert!(!t.path().join("etc/b").exists() && !t.path().join("usr").exists());
+    assert!(std::fs::symlink_metadata(t.path().join("lib/x")).is_err());
+}

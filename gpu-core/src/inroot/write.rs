@@ -145,6 +145,7 @@ impl Root {
 }
 
 /// A directory inside a container's root, reached without following any symlink.
+#[derive(Debug)]
 pub struct LinkDir {
     fd: OwnedFd,
     path: String,

@@ -64,6 +64,7 @@ pub fn render(r: &Report) -> String {
         Family { name: "nvidia_shim_container_gpu_sm_utilization_percent", help: "SM utilization of the container's processes on the GPU, summed, latest sample.", samples: vec![] },
         Family { name: "nvidia_shim_container_gpu_memory_utilization_percent", help: "Memory-controller utilization of the container's processes on the GPU, summed, latest sample.", samples: vec![] },
         Family { name: "nvidia_shim_unattributed_gpu_memory_used_bytes", help: "GPU memory held by a process outside any GPU container.", samples: vec![] },
+        Family { name: "nvidia_shim_unreadable_assignment_records", help: "Containers whose assignment record could not be used (their processes count as unattributed).", samples: vec![] },
     ];
     for g in &r.gpus {
         let l = labels(&[
@@ -109,6 +110,9 @@ pub fn render(r: &Report) -> String {
             .samples
             .push((l, p.used_memory_bytes.unwrap_or(0) as f64));
     }
+    fams[8]
+        .samples
+        .push((String::new(), r.unreadable.len() as f64));
     let mut s = String::new();
     for f in fams {
         let _ = writeln!(s, "# HELP {} {}", f.name, f.help);
