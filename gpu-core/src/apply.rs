@@ -91,7 +91,15 @@ fn apply_linux(plan: &Plan, linux: &mut oci_spec::runtime::Linux) -> Result<(), 
                 .build()
                 .map_err(build_err)?,
         );
-        if !plan.no_cgroup_rule.contains(&n.path) {
+        // containerd may have applied a CDI spec for the same node: one rule each.
+        let present = rules.iter().any(|r| {
+            r.allow()
+                && r.major() == Some(n.major)
+                && r.minor() == Some(n.minor)
+                && r.access().as_deref() == Some("rwm")
+                && matches!(r.typ(), Some(LinuxDeviceType::C))
+        });
+        if !plan.no_cgroup_rule.contains(&n.path) && !present {
             rules.push(
                 LinuxDeviceCgroupBuilder::default()
                     .allow(true)
@@ -144,6 +152,14 @@ fn apply_process(plan: &Plan, process: &mut oci_spec::runtime::Process) {
 /// Applies the plan's device nodes, cgroup rules, mounts, masked paths and env to `spec`.
 #[tracing::instrument(level = "debug", skip_all)]
 pub fn apply_to_spec(plan: &Plan, spec: &mut Spec) -> Result<(), GpuError> {
+    if plan.devices.is_empty()
+        && plan.mounts.is_empty()
+        && plan.env.is_empty()
+        && plan.masked_paths.is_empty()
+        && plan.additional_gids.is_empty()
+    {
+        return Ok(());
+    }
     let mut linux = spec
         .linux()
         .clone()
@@ -232,6 +248,17 @@ fn cache_error(e: InRootError) -> GpuError {
 /// still bound under its own name and listed in the loader cache.
 #[tracing::instrument(level = "debug", skip_all)]
 pub fn write_links(plan: &Plan, root: &Root) -> Vec<String> {
+    write_links_where(plan, root, false)
+}
+
+/// [`write_links`] for libraries someone else mounted (containerd applying a CDI spec): a
+/// library directory the image links elsewhere inside its root is followed there, as runc
+/// followed it to mount the libraries (see [`Root::link_dir_in_root`]).
+pub fn write_links_beside_mounts(plan: &Plan, root: &Root) -> Vec<String> {
+    write_links_where(plan, root, true)
+}
+
+fn write_links_where(plan: &Plan, root: &Root, dir_links_in_root: bool) -> Vec<String> {
     let read_only =
         || "the root filesystem is read-only: no soname or development-name links were created";
     let mut warnings = Vec::new();
@@ -240,7 +267,10 @@ pub fn write_links(plan: &Plan, root: &Root) -> Vec<String> {
     dirs.sort_unstable();
     dirs.dedup();
     for dir in dirs {
-        let d = match root.link_dir(dir) {
+        let d = match root.link_dir(dir).or_else(|e| match e {
+            InRootError::Symlink(_) if dir_links_in_root => root.link_dir_in_root(dir),
+            e => Err(e),
+        }) {
             Ok(d) => d,
             Err(InRootError::ReadOnly) => {
                 warnings.push(read_only().into());

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::cdi_hooks;
+use crate::config::HookPolicy;
 use crate::error::GpuError;
 use crate::inventory::DeviceNode;
 use crate::plan::{BindMount, Plan};
@@ -103,7 +105,6 @@ struct Hook {
     hook_name: String,
     path: String,
     #[serde(default)]
-    #[allow(dead_code)]
     args: Vec<String>,
     #[serde(default)]
     #[allow(dead_code)]
@@ -217,12 +218,26 @@ impl Registry {
         &self.errors
     }
 
-    /// Resolves `names` into edits added to `plan` (spec-level edits once per spec file).
+    /// Resolves `names` into edits added to `plan` (spec-level edits once per spec file);
+    /// NVIDIA's hooks in the specs are replaced by their effect (see [`crate::cdi_hooks`]).
     pub fn apply(
         &self,
         names: &[String],
         plan: &mut Plan,
         host: &dyn crate::discover::Discovery,
+    ) -> Result<(), GpuError> {
+        self.apply_with(names, plan, host, HookPolicy::Replace)
+    }
+
+    /// [`CdiRegistry::apply`] under a hook policy. This runtime applies the specs itself and
+    /// never adds a hook, so under `keep` or `refuse` a spec with NVIDIA's hooks is refused;
+    /// any other hook always is.
+    pub fn apply_with(
+        &self,
+        names: &[String],
+        plan: &mut Plan,
+        host: &dyn crate::discover::Discovery,
+        policy: HookPolicy,
     ) -> Result<(), GpuError> {
         let missing: Vec<&String> = names
             .iter()
@@ -259,13 +274,19 @@ impl Registry {
                 sets.insert(0, &e.spec_edits);
             }
             for edits in sets {
-                if let Some(h) = edits.hooks.first() {
-                    return Err(GpuError::Refused(format!(
-                        "CDI device {n} ({}) asks for a {} hook {:?}: this runtime never runs hooks",
-                        e.file.display(),
-                        h.hook_name,
-                        h.path
-                    )));
+                for h in &edits.hooks {
+                    let nvidia = (policy == HookPolicy::Replace)
+                        .then(|| cdi_hooks::recognise(&h.path, &h.args))
+                        .flatten();
+                    let Some((sub, args)) = nvidia else {
+                        return Err(GpuError::Refused(format!(
+                            "CDI device {n} ({}) asks for a {} hook {}: this runtime never runs hooks",
+                            e.file.display(),
+                            crate::echo::quoted(&h.hook_name),
+                            crate::echo::quoted(&h.path)
+                        )));
+                    };
+                    cdi_hooks::parse(sub, args)?.plan(plan);
                 }
                 if edits.intel_rdt.is_some() || !edits.net_devices.is_empty() {
                     return Err(GpuError::Refused(format!(

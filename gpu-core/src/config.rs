@@ -76,6 +76,23 @@ pub struct GpuConfig {
     pub suspend_on_pause: bool,
     /// Time limit, in milliseconds, for suspending (or resuming) a container's CUDA processes.
     pub suspend_timeout_ms: u64,
+    /// What to do with NVIDIA's CDI hooks (`nvidia-cdi-hook`, `nvidia-ctk hook`) that containerd
+    /// put into a spec: do their work in the shim and drop them (`replace`), leave them for runc
+    /// to run (`keep`), or refuse the container (`refuse`).
+    pub cdi_hooks: HookPolicy,
+}
+
+/// See [`GpuConfig::cdi_hooks`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookPolicy {
+    /// Do each hook's work in the shim, with its guarantees, and drop the hook.
+    #[default]
+    Replace,
+    /// Leave NVIDIA's hooks in the spec (runc runs them on the host).
+    Keep,
+    /// Refuse a container whose spec carries one, naming it.
+    Refuse,
 }
 
 impl Default for GpuConfig {
@@ -91,6 +108,7 @@ impl Default for GpuConfig {
             record_assignments: true,
             suspend_on_pause: false,
             suspend_timeout_ms: 30_000,
+            cdi_hooks: HookPolicy::Replace,
         }
     }
 }

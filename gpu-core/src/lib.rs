@@ -12,6 +12,7 @@
 pub mod apply;
 pub mod assignment;
 pub mod cdi;
+pub mod cdi_hooks;
 pub mod config;
 pub mod discover;
 pub mod echo;
@@ -52,6 +53,8 @@ pub struct Injected {
     /// What the container was given, for the bundle's record (None when the host could not
     /// be read and nothing was planned).
     pub assignment: Option<assignment::Assignment>,
+    /// One line per NVIDIA CDI hook taken out of the spec, saying what replaced it.
+    pub replaced_hooks: Vec<String>,
 }
 
 /// The shim's handle on gpu-core: configuration plus the discovery seam.
@@ -79,7 +82,12 @@ impl Injector {
 
     /// Gives driver libraries that are already mounted in `spec` (by containerd's own CDI
     /// handling) their loader cache entries and links; adds no device and no mount.
-    fn prepare_mounted(&self, spec: &Spec, root: &inroot::Root) -> Result<Injected, GpuError> {
+    fn prepare_mounted(
+        &self,
+        spec: &mut Spec,
+        root: &inroot::Root,
+        hooks: &[cdi_hooks::NvidiaHook],
+    ) -> Result<Injected, GpuError> {
         let mounts: Vec<(std::path::PathBuf, String)> = spec
             .mounts()
             .iter()
@@ -96,34 +104,50 @@ impl Injector {
         let inventory = match self.discovery.inventory() {
             Ok(inv) => inv,
             Err(e) => {
+                // The hooks' links and masks need no host: they are still done.
+                let mut p = Plan::default();
+                let replaced_hooks = replace_hooks(hooks, &mut p);
+                apply::apply_to_spec(&p, spec)?;
+                let mut warnings = vec![e.to_string()];
+                warnings.extend(apply::write_links_beside_mounts(&p, root));
                 return Ok(Injected {
                     summary: "NVIDIA devices in the spec; driver libraries left as they are".into(),
-                    warnings: vec![e.to_string()],
+                    warnings,
                     assignment: None,
-                })
+                    replaced_hooks,
+                });
             }
         };
-        let p = plan::plan_for_mounted_libraries(&mounts, &inventory);
-        let mut warnings = apply::write_links(&p, root);
+        let mut p = plan::plan_for_mounted_libraries(&mounts, &inventory);
+        let replaced_hooks = replace_hooks(hooks, &mut p);
+        if self.config.gpu.cuda_forward_compat
+            && hooks.contains(&cdi_hooks::NvidiaHook::EnableCudaCompat)
+        {
+            if let Some(compat) = apply::image_layout(root).cuda_compat {
+                plan::forward_compat_for_mounted(&mut p, &inventory, &compat, &gpu_nodes(spec));
+            }
+        }
+        apply::apply_to_spec(&p, spec)?;
+        let mut warnings = apply::write_links_beside_mounts(&p, root);
         warnings.extend(apply::write_ld_cache(&p, root)?);
         Ok(Injected {
             summary: format!(
-                "devices injected before the shim (CDI): {} mounted driver libraries given loader entries, {} links",
+                "devices injected before the shim (CDI): {} mounted driver libraries given loader entries, {} links{}",
                 p.ld_entries.len(),
-                p.links.len()
+                p.links.len(),
+                match &p.cuda_compat {
+                    Some(v) => format!(", the image's CUDA forward-compat libraries {v}"),
+                    None => String::new(),
+                }
             ),
             warnings,
             assignment: Some(assignment::Assignment {
                 requested_by: "containerd-cdi".into(),
-                devices: assignment::gpu_devices(
-                    spec.linux()
-                        .iter()
-                        .flat_map(|l| l.devices().iter().flatten())
-                        .filter_map(|d| d.path().to_str()),
-                ),
+                devices: assignment::gpu_devices(gpu_nodes(spec).iter().map(String::as_str)),
                 pod: assignment::pod_of(spec),
                 ..Default::default()
             }),
+            replaced_hooks,
         })
     }
 
@@ -164,7 +188,12 @@ impl Injector {
         if !req.cdi_devices.is_empty() {
             self.discovery
                 .cdi_registry(&self.config.gpu.cdi_spec_dirs)
-                .apply(&req.cdi_devices, &mut p, &*self.discovery)?;
+                .apply_with(
+                    &req.cdi_devices,
+                    &mut p,
+                    &*self.discovery,
+                    self.config.gpu.cdi_hooks,
+                )?;
         }
         Ok(p)
     }
@@ -187,14 +216,16 @@ impl Injector {
         spec: &mut Spec,
         root: &inroot::Root,
     ) -> Result<Option<Injected>, GpuError> {
+        let hooks = cdi_hooks::take(spec, self.config.gpu.cdi_hooks)?;
         let Some(req) = req else {
-            if request::has_nvidia_devices(spec) {
-                return self.prepare_mounted(spec, root).map(Some);
+            if request::has_nvidia_devices(spec) || !hooks.is_empty() {
+                return self.prepare_mounted(spec, root, &hooks).map(Some);
             }
             return Ok(None);
         };
         let layout = apply::image_layout(root);
-        let p = self.plan_request(&req, &layout)?;
+        let mut p = self.plan_request(&req, &layout)?;
+        let replaced_hooks = replace_hooks(&hooks, &mut p);
         apply::apply_to_spec(&p, spec)?;
         let mut warnings = apply::write_links(&p, root);
         warnings.extend(apply::write_ld_cache(&p, root)?);
@@ -219,6 +250,7 @@ impl Injector {
             summary: p.summary(),
             warnings,
             assignment: Some(assignment),
+            replaced_hooks,
         }))
     }
 }
@@ -227,4 +259,23 @@ impl Injector {
 pub fn open_root(rootfs: &Path) -> Result<inroot::Root, GpuError> {
     inroot::Root::open(rootfs)
         .map_err(|e| GpuError::Refused(format!("opening rootfs {}: {e}", rootfs.display())))
+}
+
+/// Plans the effect of each of NVIDIA's hooks taken out of a spec; one line per hook for the log.
+fn replace_hooks(hooks: &[cdi_hooks::NvidiaHook], p: &mut Plan) -> Vec<String> {
+    for h in hooks {
+        h.plan(p);
+    }
+    std::mem::take(&mut p.replaced_hooks)
+}
+
+/// The NVIDIA device nodes the spec holds.
+fn gpu_nodes(spec: &Spec) -> Vec<String> {
+    spec.linux()
+        .iter()
+        .flat_map(|l| l.devices().iter().flatten())
+        .filter_map(|d| d.path().to_str())
+        .filter(|p| p.starts_with("/dev/nvidia"))
+        .map(str::to_string)
+        .collect()
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use crate::error::GpuError;
-use crate::inventory::{Capability, DeviceNode, Inventory};
+use crate::inventory::{Capability, DeviceNode, Gpu, Inventory};
 use crate::ldcache::Entry;
 use crate::request::Request;
 
@@ -62,11 +62,38 @@ fn apply_cuda_compat(
     compat: &CudaCompat,
     selected: &[Selected<'_>],
 ) {
+    let gpus: Vec<&Gpu> = selected
+        .iter()
+        .map(|s| {
+            let (Selected::Gpu(g) | Selected::Mig(g, _)) = s;
+            *g
+        })
+        .collect();
+    compat_for(p, inv, compat, &gpus);
+}
+
+/// [`apply_cuda_compat`] for a container whose GPUs someone else injected (containerd applying
+/// NVIDIA's CDI spec, whose `enable-cuda-compat` hook the shim replaces): its GPUs are known by
+/// the device nodes in its spec.
+pub fn forward_compat_for_mounted(
+    p: &mut Plan,
+    inv: &Inventory,
+    compat: &CudaCompat,
+    nodes: &[String],
+) {
+    let gpus: Vec<&Gpu> = inv
+        .gpus
+        .iter()
+        .filter(|g| nodes.contains(&g.node.path))
+        .collect();
+    compat_for(p, inv, compat, &gpus);
+}
+
+fn compat_for(p: &mut Plan, inv: &Inventory, compat: &CudaCompat, gpus: &[&Gpu]) {
     let (Some(theirs), Some(ours)) = (major(&compat.version), major(&inv.driver_version)) else {
         return;
     };
-    let consumer = selected.iter().any(|s| {
-        let (Selected::Gpu(g) | Selected::Mig(g, _)) = s;
+    let consumer = gpus.iter().any(|g| {
         g.brand
             .as_deref()
             .is_some_and(|b| b.eq_ignore_ascii_case("GeForce") || b.eq_ignore_ascii_case("Titan"))
@@ -133,6 +160,8 @@ pub struct Plan {
     pub links: Vec<Link>,
     /// The image's CUDA forward-compatibility version the loader was pointed at, if any.
     pub cuda_compat: Option<String>,
+    /// One line per NVIDIA CDI hook whose effect this plan carries instead (for the log).
+    pub replaced_hooks: Vec<String>,
 }
 
 /// A symlink created in the container's root, next to the library it names: what makes the
@@ -171,7 +200,7 @@ impl Plan {
         }
     }
 
-    fn add_link(&mut self, dir: &str, name: &str, target: &str) {
+    pub(crate) fn add_link(&mut self, dir: &str, name: &str, target: &str) {
         let dir = dir.trim_end_matches('/');
         if name == target
             || name.contains('/')

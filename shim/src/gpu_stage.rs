@@ -56,7 +56,10 @@ pub async fn run(
 ) -> Result<Outcome, ShimError> {
     // Parsing the request is pure and bounded: containers without one never leave this thread.
     let req = gpu_core::request::parse(&spec, &cfg.gpu)?;
-    if req.is_none() && !gpu_core::request::has_nvidia_devices(&spec) {
+    if req.is_none()
+        && !gpu_core::request::has_nvidia_devices(&spec)
+        && !gpu_core::cdi_hooks::has_nvidia_hooks(&spec)
+    {
         return Ok(Outcome::Untouched(spec));
     }
     let limit = Duration::from_millis(cfg.gpu.prepare_timeout_ms);

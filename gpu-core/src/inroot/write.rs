@@ -80,6 +80,30 @@ impl Root {
         })
     }
 
+    /// Opens the existing directory `dir` for making links in it where the image's own symlinks
+    /// lead, within the root (openat2 `RESOLVE_IN_ROOT`: no `..` or absolute link can leave it, no
+    /// magic link is followed). For merged-/usr images, whose `/lib64` is a link to `usr/lib64`:
+    /// runc resolves mount destinations the same way, so this is where the libraries it mounts at
+    /// `/lib64/…` land, and links beside them must go there too. The link itself is still made
+    /// without following anything.
+    pub fn link_dir_in_root(&self, dir: &str) -> Result<LinkDir, InRootError> {
+        let _writing = self.may_write()?;
+        let path = dir.trim_start_matches('/');
+        let fd = openat2(
+            self.fd.as_raw_fd(),
+            if path.is_empty() { "." } else { path },
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+            libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+        )
+        .map_err(|e| InRootError::io(dir, e))?;
+        Ok(LinkDir {
+            fd,
+            path: dir.trim_end_matches('/').to_string(),
+            gate: self.gate.clone(),
+        })
+    }
+
     /// Writes `data` to `dir/name` atomically (temp file + rename in the same directory). Neither
     /// the directory path nor the temp file may be a symlink; the final rename replaces whatever
     /// entry was there (a symlink, FIFO or device node included) without opening or following

@@ -147,6 +147,9 @@ impl Service {
                 for w in &done.warnings {
                     tracing::warn!(id, "gpu: {w}");
                 }
+                for h in &done.replaced_hooks {
+                    tracing::info!(id, "gpu: {h}");
+                }
                 tracing::info!(id, "gpu: {}", done.summary);
                 Ok((spec, done.assignment))
             }
