@@ -172,6 +172,9 @@ pub fn take(spec: &mut Spec, policy: HookPolicy) -> Result<Vec<NvidiaHook>, GpuE
     sift(hooks.start_container_mut());
     sift(hooks.poststart_mut());
     sift(hooks.poststop_mut());
+    if *hooks == oci_spec::runtime::Hooks::default() {
+        spec.set_hooks(None);
+    }
     if policy == HookPolicy::Refuse {
         let (path, sub, _) = &found[0];
         return Err(GpuError::Refused(format!(
