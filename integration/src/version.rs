@@ -17,17 +17,22 @@ pub enum Version {
 }
 
 impl Version {
-    /// Directories to put ahead on PATH for this version's containerd and ctr.
+    /// Directories to put ahead on PATH for this version's containerd and ctr: the checkout's
+    /// `.cache`, or where `NVIDIA_SHIM_CONTAINERD17_DIR` / `NVIDIA_SHIM_CONTAINERD2_DIR` say (a
+    /// GPU host has only the bundle).
     pub(crate) fn tools(self) -> Result<Vec<PathBuf>> {
-        let sub = match self {
+        let (sub, var) = match self {
             Version::V1_6 => return Ok(Vec::new()),
-            Version::V1_7 => "containerd17",
-            Version::V2 => "containerd2",
+            Version::V1_7 => ("containerd17", "NVIDIA_SHIM_CONTAINERD17_DIR"),
+            Version::V2 => ("containerd2", "NVIDIA_SHIM_CONTAINERD2_DIR"),
         };
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../.cache")
-            .join(sub)
-            .join("usr/bin");
+        let dir = match std::env::var_os(var) {
+            Some(d) => PathBuf::from(d),
+            None => Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../.cache")
+                .join(sub)
+                .join("usr/bin"),
+        };
         if !dir.join("containerd").exists() {
             bail!("{} missing: run `just setup`", dir.display());
         }

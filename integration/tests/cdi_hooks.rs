@@ -112,12 +112,7 @@ fn lab(version: Version) -> Result<Lab> {
         cdi.join("dra.yaml"),
         nvidia_spec(&host, DRA, &hook_program, &dra_devices),
     )?;
-    let evil = |args: Vec<String>| {
-        format!(
-            "      hooks:\n{}",
-            hook(8, &hook_program, &args)
-        )
-    };
+    let evil = |args: Vec<String>| format!("      hooks:\n{}", hook(8, &hook_program, &args));
     let many: Vec<String> = std::iter::once("create-symlinks".to_string())
         .chain((0..10_000).flat_map(|i| ["--link".to_string(), format!("t::/l/{i}")]))
         .collect();
@@ -238,7 +233,12 @@ fn nvidia_specs_without_nvidias_hooks(version: Version) -> Result<()> {
     // merged-/usr image: each starts, sees its GPU, and finds libcuda as a file under each name.
     let mut ids = Vec::new();
     for (name, image, device, node) in [
-        ("dra", GLIBC_IMAGE, format!("{DRA}=claim-0b1c-gpu0"), "nvidia0 "),
+        (
+            "dra",
+            GLIBC_IMAGE,
+            format!("{DRA}=claim-0b1c-gpu0"),
+            "nvidia0 ",
+        ),
         ("plugin", GLIBC_IMAGE, format!("{PLUGIN}=1"), "nvidia1 "),
         ("merged", MERGED_USR, format!("{PLUGIN}=0"), "nvidia0 "),
     ] {
@@ -259,7 +259,11 @@ fn nvidia_specs_without_nvidias_hooks(version: Version) -> Result<()> {
             l.cri.c.log_tail()
         );
         let spec = l.cri.spec_of(&id)?;
-        ensure!(spec["hooks"].is_null(), "{name}: hooks left: {}", spec["hooks"]);
+        ensure!(
+            spec["hooks"].is_null(),
+            "{name}: hooks left: {}",
+            spec["hooks"]
+        );
         ensure!(
             spec["linux"]["maskedPaths"]
                 .as_array()
@@ -289,10 +293,18 @@ fn nvidia_specs_without_nvidias_hooks(version: Version) -> Result<()> {
     let id = l.cri.start_container(
         &pod,
         &pod_config,
-        Lab::gpu_container("recorded", GLIBC_IMAGE, &[&format!("{DRA}=claim-0b1c-gpu0")]),
+        Lab::gpu_container(
+            "recorded",
+            GLIBC_IMAGE,
+            &[&format!("{DRA}=claim-0b1c-gpu0")],
+        ),
     )?;
     ids.push(id);
-    ensure!(l.calls() == 0, "our shim let runc call the hook {} times", l.calls());
+    ensure!(
+        l.calls() == 0,
+        "our shim let runc call the hook {} times",
+        l.calls()
+    );
     // … while containerd's Go shim runs every one of them (the control).
     let go_config = l.cri.pod_config("go-pod");
     let go_pod = l.cri.run_pod(&go_config, "runc")?;
@@ -301,7 +313,11 @@ fn nvidia_specs_without_nvidias_hooks(version: Version) -> Result<()> {
         &go_config,
         Lab::gpu_container("go", GLIBC_IMAGE, &[&format!("{DRA}=claim-0b1c-gpu0")]),
     )?;
-    ensure!(l.calls() == 5, "the Go shim's runc called the hook {} times", l.calls());
+    ensure!(
+        l.calls() == 5,
+        "the Go shim's runc called the hook {} times",
+        l.calls()
+    );
     l.cri.stop_container(&go)?;
     l.cri.remove_container(&go)?;
     l.cri.remove_pod(&go_pod)?;
@@ -323,8 +339,14 @@ fn nvidia_specs_without_nvidias_hooks(version: Version) -> Result<()> {
     );
     let spec = l.cri.spec_of(&id)?;
     let own = |list: Vec<&str>| list.into_iter().map(str::to_string).collect::<Vec<_>>();
-    no_duplicates("device nodes", &own(names(&spec["linux"], "devices", "path")))?;
-    no_duplicates("mount destinations", &own(names(&spec, "mounts", "destination")))?;
+    no_duplicates(
+        "device nodes",
+        &own(names(&spec["linux"], "devices", "path")),
+    )?;
+    no_duplicates(
+        "mount destinations",
+        &own(names(&spec, "mounts", "destination")),
+    )?;
     let rules: Vec<String> = spec["linux"]["resources"]["devices"]
         .as_array()
         .context("cgroup rules")?
@@ -350,7 +372,11 @@ fn nvidia_specs_without_nvidias_hooks(version: Version) -> Result<()> {
         &pod_config,
         Lab::gpu_container("kept", GLIBC_IMAGE, &[&format!("{PLUGIN}=0")]),
     )?;
-    ensure!(l.calls() == before + 5, "keep: {} calls", l.calls() - before);
+    ensure!(
+        l.calls() == before + 5,
+        "keep: {} calls",
+        l.calls() - before
+    );
     ids.push(id);
     l.policy("refuse")?;
     let err = l
