@@ -30,22 +30,23 @@ cargo test --release -p integration --test shim --no-run 2>&1 | grep -oE 'target
 cargo test --release -p integration --test gpu_host --no-run 2>&1 | grep -oE 'target/release/deps/gpu_host-[0-9a-f]+' | head -1 |
     xargs -I{} cp {} "$work/bin/gpu-host-tests"
 cp "$release"/{containerd-shim-nvidia-v2,nvidia-shim} target/release/{gpu-cri,pack-image,glibc-image} "$work/bin/"
-# containerd 2.x (sid, from `just setup`) for the CRI check of NVIDIA's own CDI spec, which
-# containerd applies itself (1.6 cannot); and that spec, as nvidia-ctk wrote it on the H200.
+# containerd 2.x's daemon (sid, from `just setup`) for the CRI check of NVIDIA's own CDI spec,
+# which containerd applies itself (1.6 cannot), driven by 1.6's ctr (the carry limit is 64 MiB);
+# and that spec, as nvidia-ctk wrote it on the H200.
 mkdir -p "$work/bin/c2"
-cp .cache/containerd2/usr/bin/{containerd,ctr} "$work/bin/c2/"
+cp .cache/containerd2/usr/bin/containerd "$work/bin/c2/"
 spec=../shared/reference/fixtures/nvidia-ctk-h200/nvidia-ctk-default.yaml
 if [ -f "$spec" ]; then cp "$spec" "$work/bin/nvidia-ctk-default.yaml"; fi
 # The CRI check's pod sandbox program, static: a GPU host need not have a static libc.
 printf '#include <signal.h>\n#include <unistd.h>\nstatic void bye(int s){(void)s;_exit(0);}\nint main(void){signal(SIGINT,bye);signal(SIGTERM,bye);for(;;)pause();}\n' >"$work/pause.c"
 cc -static -O2 -o "$work/bin/pause" "$work/pause.c"
-tar -C "$work/bin" -cf - . | xz -T0 -6 > "$out/bins.tar.xz"
+tar -C "$work/bin" -cf - . | xz -T0 -9e > "$out/bins.tar.xz"
 # A real Debian image for the real-image checks, built once and kept in .cache/.
 if [ ! -f .cache/debian-rootfs.tar ]; then
     mkdir -p .cache
     scripts/images/debian.sh .cache/debian-rootfs.tar
 fi
 [ -f "$out/debian-rootfs.tar.xz" ] && [ "$out/debian-rootfs.tar.xz" -nt .cache/debian-rootfs.tar ] ||
-    xz -T0 -6 -c .cache/debian-rootfs.tar >"$out/debian-rootfs.tar.xz"
+    xz -T0 -9e -c .cache/debian-rootfs.tar >"$out/debian-rootfs.tar.xz"
 ls -la "$out"
 echo "bundle ready: carry .gpu-bundle and run: bash scripts/gpu-acceptance.sh .gpu-bundle \$OUT"

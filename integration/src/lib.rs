@@ -168,10 +168,12 @@ disabled_plugins = [{disabled}]
         self.version
     }
 
+    /// `name` from this version's tools directory, else from PATH (a GPU bundle carries only
+    /// containerd 2.x's daemon; its `ctr` calls work against the older `ctr` on PATH).
     fn tool(&self, name: &str) -> PathBuf {
         match &self.tools {
-            Some(d) => d.join(name),
-            None => PathBuf::from(name),
+            Some(d) if d.join(name).exists() => d.join(name),
+            _ => PathBuf::from(name),
         }
     }
 

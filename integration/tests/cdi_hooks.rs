@@ -30,6 +30,7 @@ const CHECK: &str = "ls /dev/ | grep -E '^nvidia[0-9]+$' | tr '\\n' ' '; echo; \
 
 struct Lab {
     cri: Cri,
+    cdi: PathBuf,
     config: String,
     base_config: String,
     hook: PathBuf,
@@ -156,6 +157,7 @@ fn lab(version: Version) -> Result<Lab> {
     })?;
     Ok(Lab {
         cri,
+        cdi,
         config,
         base_config,
         hook: hook_program,
@@ -165,6 +167,10 @@ fn lab(version: Version) -> Result<Lab> {
 }
 
 impl Lab {
+    fn cdi_dir(&self) -> &Path {
+        &self.cdi
+    }
+
     fn policy(&self, policy: &str) -> Result<()> {
         // The config's last section is [gpu]; the shim reads the file at each Create.
         std::fs::write(
@@ -423,8 +429,60 @@ fn nvidia_specs_without_nvidias_hooks(version: Version) -> Result<()> {
     );
     ensure!(l.calls() == before + 5, "a refused container ran a hook");
 
+    if version == Version::V2 {
+        ctr_device_route(&l)?;
+    }
     l.cri.remove_pod(&pod)?;
     l.cri.assert_clean(&ids)
+}
+
+/// Removes a file when dropped.
+struct Removed(PathBuf);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// (d) for `ctr` 2.x, which applies CDI itself from the system's spec directories: the DRA spec,
+/// under a kind of this test's own, through `ctr run --device KIND=NAME`.
+fn ctr_device_route(l: &Lab) -> Result<()> {
+    let kind = format!("k8s.gpu.nvidia.com/nvidiashimtest{}", std::process::id());
+    let text = std::fs::read_to_string(l.cdi_dir().join("dra.yaml"))?
+        .replace(&format!("kind: {DRA}"), &format!("kind: {kind}"));
+    std::fs::create_dir_all("/var/run/cdi")?;
+    let file = Removed(PathBuf::from(format!(
+        "/var/run/cdi/nvidia-shim-test-{}.yaml",
+        std::process::id()
+    )));
+    std::fs::write(&file.0, text)?;
+    let id = format!("ctr-device-{}", std::process::id());
+    let out = l.cri.c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        integration::RUNTIME,
+        "--runtime-config-path",
+        &l.config,
+        "--device",
+        &format!("{kind}=claim-0b1c-gpu0"),
+        GLIBC_IMAGE,
+        &id,
+        "sh",
+        "-c",
+        CHECK,
+    ])?;
+    let text = integration::stdout(&out);
+    ensure!(
+        out.status.success()
+            && text.starts_with("nvidia0 ")
+            && text.contains("soname-file")
+            && text.contains("in-cache"),
+        "ctr --device: {out:?}"
+    );
+    ensure!(l.calls() == 10, "a hook ran through ctr --device: {}", l.calls());
+    Ok(())
 }
 
 #[test]
