@@ -80,6 +80,9 @@ pub struct GpuConfig {
     /// put into a spec: do their work in the shim and drop them (`replace`), leave them for runc
     /// to run (`keep`), or refuse the container (`refuse`).
     pub cdi_hooks: HookPolicy,
+    /// Ignore `NVIDIA_IMEX_CHANNELS` in containers' environment, so that only the orchestrator
+    /// (the device plugin's volume mounts, CDI, DRA) grants IMEX channels.
+    pub ignore_imex_channel_requests: bool,
 }
 
 /// See [`GpuConfig::cdi_hooks`].
@@ -109,6 +112,7 @@ impl Default for GpuConfig {
             suspend_on_pause: false,
             suspend_timeout_ms: 30_000,
             cdi_hooks: HookPolicy::Replace,
+            ignore_imex_channel_requests: false,
         }
     }
 }

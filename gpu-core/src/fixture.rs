@@ -296,6 +296,46 @@ impl FakeHost {
         })
     }
 
+    /// Adds the device classes beyond GPUs (needs root, for mknod): IMEX channels 0–2, the
+    /// InfiniBand `uverbs0` and `rdma_cm`, `nvidia-fs0`/`1`, `nvidia-nvswitchctl` and
+    /// `nvidia-nvswitch0`, `gdrdrv`, and DRM card and render nodes for GPUs 0 and 1, linked by
+    /// PCI bus under `dev/dri/by-path` (GPU 0's are `card1`/`renderD129`, GPU 1's
+    /// `card0`/`renderD128`: the numbering need not follow the GPUs').
+    pub fn add_device_classes(&self) -> io::Result<()> {
+        let dev = self.dev_root.join("dev");
+        for d in ["nvidia-caps-imex-channels", "infiniband", "dri/by-path"] {
+            std::fs::create_dir_all(dev.join(d))?;
+        }
+        for i in 0..3 {
+            mknod_char(
+                &dev.join(format!("nvidia-caps-imex-channels/channel{i}")),
+                234,
+                i,
+            )?;
+        }
+        mknod_char(&dev.join("infiniband/uverbs0"), 231, 192)?;
+        mknod_char(&dev.join("infiniband/rdma_cm"), 10, 58)?;
+        mknod_char(&dev.join("nvidia-fs0"), 243, 0)?;
+        mknod_char(&dev.join("nvidia-fs1"), 243, 1)?;
+        mknod_char(&dev.join("nvidia-nvswitchctl"), 241, 255)?;
+        mknod_char(&dev.join("nvidia-nvswitch0"), 241, 0)?;
+        mknod_char(&dev.join("gdrdrv"), 240, 0)?;
+        for (gpu, card, render) in [(0u64, 1u64, 129u64), (1, 0, 128)] {
+            mknod_char(&dev.join(format!("dri/card{card}")), 226, card)?;
+            mknod_char(&dev.join(format!("dri/renderD{render}")), 226, render)?;
+            let bus = format!("0000:{:02x}:00.0", 0x10 + gpu);
+            symlink(
+                format!("../card{card}"),
+                dev.join(format!("dri/by-path/pci-{bus}-card")),
+            )?;
+            symlink(
+                format!("../renderD{render}"),
+                dev.join(format!("dri/by-path/pci-{bus}-render")),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Adds a 32-bit (i386) build of a driver library in the root's 32-bit library directory, for
     /// `compat32`. Needs only the compiler's `-m32` code generation (no 32-bit libc).
     pub fn add_32bit_lib(&self, prefix: &str, soname: &str) -> io::Result<PathBuf> {

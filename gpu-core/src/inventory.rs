@@ -260,6 +260,27 @@ pub struct Inventory {
     pub mps_pipe_dir: Option<PathBuf>,
     /// Graphics config files: (host path, container path).
     pub graphics_files: Vec<(PathBuf, String)>,
+    /// Device classes beyond GPUs (IMEX, RDMA, GDS, NVSwitch, GDRCopy, DRM), as present.
+    #[serde(default)]
+    pub classes: ClassNodes,
+}
+
+/// The device nodes of the classes NVIDIA's toolkit serves by environment (`NVIDIA_IMEX_CHANNELS`,
+/// `NVIDIA_MOFED`, `NVIDIA_GDS`, `NVIDIA_NVSWITCH`, `NVIDIA_GDRCOPY`) and the GPUs' DRM nodes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassNodes {
+    /// `/dev/nvidia-caps-imex-channels/channel<N>`, by channel number.
+    pub imex_channels: Vec<(u32, DeviceNode)>,
+    /// `/dev/infiniband/uverbs*`, `rdma_cm`, `umad*` (GPUDirect RDMA).
+    pub mofed: Vec<DeviceNode>,
+    /// `/dev/nvidia-fs*` (GPUDirect Storage).
+    pub gds: Vec<DeviceNode>,
+    /// `/dev/nvidia-nvswitchctl`, `/dev/nvidia-nvswitch<N>`.
+    pub nvswitch: Vec<DeviceNode>,
+    /// `/dev/gdrdrv`.
+    pub gdrcopy: Vec<DeviceNode>,
+    /// `/dev/dri/card<N>` and `renderD<N>` of each GPU, by PCI bus id.
+    pub drm: Vec<(String, Vec<DeviceNode>)>,
 }
 
 impl Inventory {

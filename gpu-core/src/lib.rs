@@ -227,7 +227,8 @@ impl Injector {
         let mut p = self.plan_request(&req, &layout)?;
         let replaced_hooks = replace_hooks(&hooks, &mut p);
         apply::apply_to_spec(&p, spec)?;
-        let mut warnings = apply::write_links(&p, root);
+        let mut warnings = p.warnings.clone();
+        warnings.extend(apply::write_links(&p, root));
         warnings.extend(apply::write_ld_cache(&p, root)?);
         let assignment = assignment::Assignment {
             requested_by: if req.devices.is_some() {

@@ -9,6 +9,7 @@ use crate::inventory::{Capability, DeviceNode, Gpu, Inventory};
 use crate::ldcache::Entry;
 use crate::request::Request;
 
+mod classes;
 mod select;
 use select::{check_requirements, select, Selected};
 
@@ -162,6 +163,8 @@ pub struct Plan {
     pub cuda_compat: Option<String>,
     /// One line per NVIDIA CDI hook whose effect this plan carries instead (for the log).
     pub replaced_hooks: Vec<String>,
+    /// Things asked for that were not given, worded for the log (a device class the host lacks).
+    pub warnings: Vec<String>,
 }
 
 /// A symlink created in the container's root, next to the library it names: what makes the
@@ -411,6 +414,7 @@ pub fn plan(req: &Request, inv: &Inventory, image: &ImageLayout) -> Result<Plan,
     check_requirements(req, inv, &selected)?;
     let caps = effective_caps(req);
     add_devices(&mut p, req, inv, &selected, &caps);
+    classes::add(&mut p, req, inv, &selected, &caps)?;
     add_libraries(&mut p, inv, image, &caps);
     if caps.contains(&Capability::Compute) && req.cuda_compat {
         if let Some(c) = &image.cuda_compat {

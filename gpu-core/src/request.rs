@@ -57,6 +57,99 @@ pub struct Request {
     /// Whether the image's CUDA forward-compat libraries may be used (config
     /// `gpu.cuda_forward_compat`, turned off per container by `NVIDIA_DISABLE_CUDA_COMPAT=true`).
     pub cuda_compat: bool,
+    /// Device classes beyond GPUs that were asked for.
+    pub classes: Classes,
+}
+
+/// IMEX channels asked for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Imex {
+    /// None (`none`, unset).
+    #[default]
+    None,
+    /// Every channel the host has.
+    All,
+    /// These channel numbers.
+    List(Vec<u32>),
+}
+
+/// The device classes NVIDIA's toolkit serves by environment, asked for with a GPU.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Classes {
+    /// `NVIDIA_IMEX_CHANNELS` and the volume-mount list's `imex/<id>` entries.
+    pub imex: Imex,
+    /// `NVIDIA_MOFED=enabled`: the InfiniBand verbs nodes.
+    pub mofed: bool,
+    /// `NVIDIA_GDS=enabled`: the nvidia-fs nodes.
+    pub gds: bool,
+    /// `NVIDIA_NVSWITCH=enabled`: the NVSwitch nodes.
+    pub nvswitch: bool,
+    /// `NVIDIA_GDRCOPY=enabled`: `/dev/gdrdrv`.
+    pub gdrcopy: bool,
+}
+
+/// An IMEX channel number as written in a request.
+fn channel(what: &str, id: &str) -> Result<u32, GpuError> {
+    id.parse().map_err(|_| {
+        GpuError::Refused(format!(
+            "{what}: {} is not an IMEX channel number",
+            quoted(id)
+        ))
+    })
+}
+
+/// The classes from the environment plus the channels the volume-mount list named.
+fn classes(
+    env: &BTreeMap<String, String>,
+    cfg: &GpuConfig,
+    mount_channels: Vec<u32>,
+) -> Result<Classes, GpuError> {
+    let enabled = |k: &str| {
+        env.get(k)
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("enabled"))
+    };
+    let mut imex = Imex::None;
+    match env.get("NVIDIA_IMEX_CHANNELS") {
+        Some(_) if cfg.ignore_imex_channel_requests => tracing::info!(
+            "ignoring NVIDIA_IMEX_CHANNELS (gpu.ignore_imex_channel_requests = true)"
+        ),
+        Some(v) => {
+            let ids = bounded_list("NVIDIA_IMEX_CHANNELS", v)?;
+            if ids.iter().any(|i| i.eq_ignore_ascii_case("all")) {
+                imex = Imex::All;
+            } else {
+                let mut list = Vec::new();
+                for id in ids.iter().filter(|i| *i != "none" && *i != "void") {
+                    list.push(channel("NVIDIA_IMEX_CHANNELS", id)?);
+                }
+                if !list.is_empty() {
+                    imex = Imex::List(list);
+                }
+            }
+        }
+        None => {}
+    }
+    if !mount_channels.is_empty() {
+        imex = match imex {
+            Imex::All => Imex::All,
+            Imex::None => Imex::List(mount_channels),
+            Imex::List(mut l) => {
+                l.extend(mount_channels);
+                Imex::List(l)
+            }
+        };
+    }
+    if let Imex::List(l) = &mut imex {
+        l.sort_unstable();
+        l.dedup();
+    }
+    Ok(Classes {
+        imex,
+        mofed: enabled("NVIDIA_MOFED"),
+        gds: enabled("NVIDIA_GDS"),
+        nvswitch: enabled("NVIDIA_NVSWITCH"),
+        gdrcopy: enabled("NVIDIA_GDRCOPY"),
+    })
 }
 
 fn env_map(spec: &Spec) -> BTreeMap<String, String> {
@@ -215,8 +308,13 @@ fn cdi_from_annotations(
 }
 
 /// The device plugin's volume-mount list (`/dev/null` mounted at `<DEVICE_LIST_DIR>/<id>`): device
-/// ids returned, CDI names (`cdi/<vendor>/<class>/<dev>`) added to `cdi`.
-fn device_list_mounts(spec: &Spec, cdi: &mut Vec<String>) -> Result<Vec<String>, GpuError> {
+/// ids returned, CDI names (`cdi/<vendor>/<class>/<dev>`) added to `cdi`, IMEX channels
+/// (`imex/<id>`) to `imex`.
+fn device_list_mounts(
+    spec: &Spec,
+    cdi: &mut Vec<String>,
+    imex: &mut Vec<u32>,
+) -> Result<Vec<String>, GpuError> {
     let mut ids = Vec::new();
     let prefix = format!("{DEVICE_LIST_DIR}/");
     for m in spec.mounts().iter().flatten() {
@@ -241,11 +339,13 @@ fn device_list_mounts(spec: &Spec, cdi: &mut Vec<String>) -> Result<Vec<String>,
                     clipped(&dest, ECHO_LIMIT)
                 );
             }
-        } else if id.starts_with("imex/") {
-            tracing::warn!(
-                "ignoring IMEX channel request {}: IMEX is not supported",
-                clipped(&dest, ECHO_LIMIT)
-            );
+        } else if let Some(ch) = id.strip_prefix("imex/") {
+            if imex.len() == MAX_LIST_IDS {
+                return Err(GpuError::Refused(format!(
+                    "the device-list mounts name more than {MAX_LIST_IDS} IMEX channels"
+                )));
+            }
+            imex.push(channel("device-list mount", ch)?);
         } else if !id.is_empty() && !ids.contains(&id.to_string()) {
             if ids.len() == MAX_LIST_IDS {
                 return Err(GpuError::Refused(format!(
@@ -387,8 +487,9 @@ pub fn parse(spec: &Spec, cfg: &GpuConfig) -> Result<Option<Request>, GpuError> 
     let privileged = is_privileged(spec);
     let mut cdi_devices = Vec::new();
     cdi_from_annotations(spec, cfg, &mut cdi_devices)?;
+    let mut mount_channels = Vec::new();
     let mount_ids = if cfg.accept_volume_mounts {
-        device_list_mounts(spec, &mut cdi_devices)?
+        device_list_mounts(spec, &mut cdi_devices, &mut mount_channels)?
     } else {
         Vec::new()
     };
@@ -413,7 +514,9 @@ pub fn parse(spec: &Spec, cfg: &GpuConfig) -> Result<Option<Request>, GpuError> 
                 .map(|s| s.trim())
                 .unwrap_or(""),
         )?;
+    let classes = classes(&env, cfg, mount_channels)?;
     Ok(Some(Request {
+        classes,
         cuda_compat,
         devices,
         capabilities,

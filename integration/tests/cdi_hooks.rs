@@ -481,7 +481,11 @@ fn ctr_device_route(l: &Lab) -> Result<()> {
             && text.contains("in-cache"),
         "ctr --device: {out:?}"
     );
-    ensure!(l.calls() == 10, "a hook ran through ctr --device: {}", l.calls());
+    ensure!(
+        l.calls() == 10,
+        "a hook ran through ctr --device: {}",
+        l.calls()
+    );
     Ok(())
 }
 

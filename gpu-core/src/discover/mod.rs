@@ -6,6 +6,7 @@
 //! `<proc_root>/driver/nvidia/version` reports the same version. The hot path of a Create is then
 //! one small procfs read and one JSON parse.
 
+pub mod classes;
 pub mod files;
 pub mod nvml;
 pub mod procfs;
@@ -20,7 +21,7 @@ use crate::error::GpuError;
 use crate::inventory::{GpuSource, Inventory};
 
 /// Bumped whenever [`Inventory`]'s shape changes, so stale cache files are ignored.
-const CACHE_FORMAT: u32 = 3;
+const CACHE_FORMAT: u32 = 4;
 
 /// The seam between gpu-core and the host.
 pub trait Discovery: Send + Sync {
@@ -369,6 +370,7 @@ pub fn discover(cfg: &DriverConfig, version: &str) -> Result<Inventory, GpuError
             g.node = n;
         }
     }
+    let classes = classes::discover(&cfg.dev_root, &gpus);
     Ok(Inventory {
         host_state: host_state(&cfg.proc_root, version),
         driver_version: version.to_string(),
@@ -383,6 +385,7 @@ pub fn discover(cfg: &DriverConfig, version: &str) -> Result<Inventory, GpuError
         sockets: files::sockets(&root),
         mps_pipe_dir: files::mps_pipe_dir(),
         graphics_files: files::graphics_files(&root),
+        classes,
         libraries,
     })
 }

@@ -1,5 +1,6 @@
 //! `nvidia-shim cdi generate`: a CDI spec (kind `nvidia.com/gpu`) for this host, with devices by
-//! index, UUID, MIG (`<gpu>:<mig>` and `MIG-…`) and `all`, carrying no hooks.
+//! index, UUID, MIG (`<gpu>:<mig>` and `MIG-…`) and `all`, carrying no hooks; and one spec per
+//! device class beyond GPUs the host has (IMEX channels, RDMA, GDS, NVSwitch, GDRCopy).
 //!
 //! Without hooks nothing can rebuild a container's loader cache, so driver libraries are mounted
 //! into the Debian-family multiarch directory under both their versioned file name and their
@@ -48,8 +49,14 @@ pub fn generate(inv: &Inventory) -> Value {
             }
             nodes.extend(m.caps.iter().map(node));
         }
+        // The GPU's DRM nodes go with it, as in NVIDIA's specs.
+        let mut own = vec![node(&g.node)];
+        if let Some((_, drm)) = inv.classes.drm.iter().find(|(b, _)| *b == g.pci_bus_id) {
+            own.extend(drm.iter().map(node));
+            nodes.extend(drm.iter().map(node));
+        }
         for name in [g.index.to_string(), g.uuid.clone()] {
-            devices.push(json!({"name": name, "containerEdits": {"deviceNodes": [node(&g.node)]}}));
+            devices.push(json!({"name": name, "containerEdits": {"deviceNodes": own}}));
         }
         all_nodes.extend(nodes);
     }
@@ -69,6 +76,39 @@ pub fn generate(inv: &Inventory) -> Value {
     })
 }
 
+/// Specs for the device classes beyond GPUs the host has, each under its own kind as nvidia-ctk's
+/// modes write them: `nvidia.com/imex-channel` (one device per channel), and `nvidia.com/mofed`,
+/// `gds`, `nvswitch`, `gdrcopy` (one device, `all`). Returns (file-name suffix, spec).
+pub fn class_specs(inv: &Inventory) -> Vec<(&'static str, Value)> {
+    let spec = |kind: &str, devices: Vec<Value>| json!({"cdiVersion": "0.5.0", "kind": kind, "devices": devices});
+    let all = |nodes: &[DeviceNode]| {
+        vec![
+            json!({"name": "all", "containerEdits": {"deviceNodes": nodes.iter().map(node).collect::<Vec<_>>()}}),
+        ]
+    };
+    let c = &inv.classes;
+    let mut out = Vec::new();
+    if !c.imex_channels.is_empty() {
+        let devices = c
+            .imex_channels
+            .iter()
+            .map(|(id, n)| json!({"name": id.to_string(), "containerEdits": {"deviceNodes": [node(n)]}}))
+            .collect();
+        out.push(("imex-channel", spec("nvidia.com/imex-channel", devices)));
+    }
+    for (suffix, nodes) in [
+        ("mofed", &c.mofed),
+        ("gds", &c.gds),
+        ("nvswitch", &c.nvswitch),
+        ("gdrcopy", &c.gdrcopy),
+    ] {
+        if !nodes.is_empty() {
+            out.push((suffix, spec(&format!("nvidia.com/{suffix}"), all(nodes))));
+        }
+    }
+    out
+}
+
 /// The edits every device shares, from the same planner the shim uses: a request for no GPU
 /// with the `utility` and `compute` capabilities, for a Debian-family image.
 fn common_edits(inv: &Inventory) -> (Plan, Vec<String>) {
@@ -81,6 +121,7 @@ fn common_edits(inv: &Inventory) -> (Plan, Vec<String>) {
         cdi_devices: Vec::new(),
         source: "cdi",
         cuda_compat: false,
+        classes: Default::default(),
     };
     let layout = ImageLayout {
         libdir: format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH),
@@ -130,31 +171,55 @@ pub fn run(config: Option<&Path>, cmd: CdiCommand) -> CliResult {
     let inv = Host::new(cfg.driver.clone())
         .inventory()
         .map_err(|e| CliError::failed(e.to_string()))?;
-    let spec = generate(&inv);
-    let text = match format.as_str() {
-        "json" => {
-            serde_json::to_string_pretty(&spec).map_err(|e| CliError::failed(e.to_string()))? + "\n"
-        }
-        "yaml" => serde_yaml::to_string(&spec).map_err(|e| CliError::failed(e.to_string()))?,
-        other => {
-            return Err(CliError::usage(format!(
+    let encode = |spec: &Value| -> Result<String, CliError> {
+        match format.as_str() {
+            "json" => Ok(serde_json::to_string_pretty(spec)
+                .map_err(|e| CliError::failed(e.to_string()))?
+                + "\n"),
+            "yaml" => serde_yaml::to_string(spec).map_err(|e| CliError::failed(e.to_string())),
+            other => Err(CliError::usage(format!(
                 "--format {other:?}: expected yaml or json"
-            )))
+            ))),
         }
     };
-    match output {
-        Some(path) => {
-            let tmp = path.with_extension("nvidia-shim.tmp");
-            std::fs::write(&tmp, &text)
-                .and_then(|_| std::fs::rename(&tmp, &path))
-                .map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?;
-            eprintln!(
-                "wrote {} ({} devices)",
-                path.display(),
-                spec["devices"].as_array().map_or(0, Vec::len)
-            );
+    let mut specs = vec![("", generate(&inv))];
+    specs.extend(class_specs(&inv));
+    for (suffix, spec) in &specs {
+        let text = encode(spec)?;
+        match &output {
+            Some(path) => {
+                // One spec per file, as CDI wants: the classes beside the GPUs' file.
+                let path = beside(path, suffix);
+                let tmp = path.with_extension("nvidia-shim.tmp");
+                std::fs::write(&tmp, &text)
+                    .and_then(|_| std::fs::rename(&tmp, &path))
+                    .map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?;
+                eprintln!(
+                    "wrote {} ({}, {} devices)",
+                    path.display(),
+                    spec["kind"].as_str().unwrap_or_default(),
+                    spec["devices"].as_array().map_or(0, Vec::len)
+                );
+            }
+            None if format == "yaml" => print!("---\n{text}"),
+            None => print!("{text}"),
         }
-        None => print!("{text}"),
     }
     Ok(())
+}
+
+/// `dir/stem-suffix.ext` beside `path` (the path itself for no suffix).
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    if suffix.is_empty() {
+        return path.to_path_buf();
+    }
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("nvidia");
+    let name = match path.extension().and_then(|e| e.to_str()) {
+        Some(ext) => format!("{stem}-{suffix}.{ext}"),
+        None => format!("{stem}-{suffix}"),
+    };
+    path.with_file_name(name)
 }
