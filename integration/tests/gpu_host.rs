@@ -994,6 +994,90 @@ fn tables(h: &mut Host) -> Result<()> {
     Ok(())
 }
 
+/// Check 21: the device classes beyond GPUs on this host. What the host has of a class (the
+/// lent hosts have `/dev/infiniband/rdma_cm`) reaches the container that asks; a class it lacks
+/// (IMEX, GDS, DRM here) is skipped with a warning in the log, and a named IMEX channel it lacks
+/// is refused, naming what it has; CUDA runs beside them.
+fn device_classes(h: &mut Host) -> Result<()> {
+    let class_names = |dir: &str, keep: &dyn Fn(&str) -> bool| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| keep(n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let ib = class_names("/dev/infiniband", &|n| {
+        n == "rdma_cm" || n.starts_with("uverbs") || n.starts_with("umad")
+    });
+    let imex = class_names("/dev/nvidia-caps-imex-channels", &|n| {
+        n.starts_with("channel")
+    });
+    let (ran, out) = h.run(
+        "c21",
+        &[
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "NVIDIA_MOFED=enabled",
+            "NVIDIA_GDS=enabled",
+            "NVIDIA_IMEX_CHANNELS=all",
+            "NVIDIA_DRIVER_CAPABILITIES=all",
+        ],
+        "echo IB $(ls /dev/infiniband 2>/dev/null | sort); \
+         echo OTHER $(ls -d /dev/dri /dev/nvidia-caps-imex-channels /dev/nvidia-fs* 2>/dev/null); cudacheck",
+    )?;
+    let got_ib = out
+        .lines()
+        .find_map(|l| l.strip_prefix("IB"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    let others = out
+        .lines()
+        .find_map(|l| l.strip_prefix("OTHER"))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let log = h.c.log_tail();
+    let gds_warned = log.contains("NVIDIA_GDS=enabled: this host has no /dev/nvidia-fs* nodes");
+    let (refused_ran, refused) = h.run(
+        "c21b",
+        &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_IMEX_CHANNELS=4095"],
+        "true",
+    )?;
+    let have = if imex.is_empty() {
+        "none".to_string()
+    } else {
+        imex.iter()
+            .map(|c| c.trim_start_matches("channel").to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let refused_ok = !refused_ran
+        && refused.contains(&format!(
+            "IMEX channel 4095 is not on this host (it has: {have})"
+        ));
+    let ok = ran
+        && out.contains("CUDA PASS")
+        && got_ib == ib
+        && imex.is_empty() != others.contains("imex")
+        && gds_warned
+        && refused_ok;
+    h.record(
+        21,
+        "device classes: the host's RDMA nodes injected; IMEX/GDS/DRM the host lacks skipped with a warning; a missing IMEX channel refused",
+        ok,
+        &format!(
+            "host /dev/infiniband: {ib:?}; container: {got_ib:?}; other class nodes in the container: [{others}]; GDS warning in the log: {gds_warned}; channel 4095: {}",
+            refused.lines().last().unwrap_or_default()
+        ),
+    );
+    Ok(())
+}
+
 #[test]
 fn gpu_host_acceptance() -> Result<()> {
     if std::env::var_os("NVIDIA_SHIM_GPU_HOST").is_none_or(|v| v != "1") {
@@ -1043,6 +1127,7 @@ fn gpu_host_acceptance() -> Result<()> {
     real_images(&mut h)?;
     accounting(&mut h)?;
     pause_frees_the_gpu(&mut h)?;
+    device_classes(&mut h)?;
     tables(&mut h)?;
     h.c.assert_clean()?;
     anyhow::ensure!(h.failed == 0, "{} acceptance check(s) failed", h.failed);
