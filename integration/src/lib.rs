@@ -498,6 +498,18 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// Fails naming `what` when `items` holds an entry twice (device nodes, mounts, env of a spec).
+pub fn no_duplicates(what: &str, items: &[String]) -> Result<()> {
+    let mut sorted = items.to_vec();
+    sorted.sort();
+    let n = sorted.len();
+    sorted.dedup();
+    if sorted.len() != n {
+        bail!("duplicate {what}: {items:?}");
+    }
+    Ok(())
+}
+
 /// stdout of an output as text.
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

@@ -75,21 +75,26 @@ fn container<'a>(top: &'a Value, id: &str) -> Option<&'a Value> {
     top["containers"].as_array()?.iter().find(|c| c["id"] == id)
 }
 
-#[test]
-fn top_and_metrics_attribute_shared_gpu_memory_to_containers() -> Result<()> {
+/// A private containerd and a fake host of `gpus` GPUs with a fake NVML.
+fn lab(gpus: usize) -> Result<Lab> {
     let dir = tempfile::Builder::new()
         .prefix("nvacct-")
         .tempdir_in("/tmp")?;
-    let host = FakeHost::build_with_nvml(dir.path(), Layout::Gke, 2, false)?;
+    let host = FakeHost::build_with_nvml(dir.path(), Layout::Gke, gpus, false)?;
     let config = host.write_config()?;
     let c = Containerd::start()?;
     import_glibc(&c)?;
-    let mut lab = Lab {
+    Ok(Lab {
         c,
         host,
         config,
         _dir: dir,
-    };
+    })
+}
+
+#[test]
+fn top_and_metrics_attribute_shared_gpu_memory_to_containers() -> Result<()> {
+    let mut lab = lab(2)?;
     let a = lab.start_detached("acct-a", &["NVIDIA_VISIBLE_DEVICES=0"])?;
     let b = lab.start_detached("acct-b", &["NVIDIA_VISIBLE_DEVICES=0"])?;
     lab.start_detached("acct-c", &[])?;
@@ -225,19 +230,7 @@ fn top_and_metrics_attribute_shared_gpu_memory_to_containers() -> Result<()> {
 /// reach the operator's terminal. A record too large to read is named, not skipped silently.
 #[test]
 fn hostile_pod_names_neither_hide_a_container_nor_reach_the_terminal() -> Result<()> {
-    let dir = tempfile::Builder::new()
-        .prefix("nvacct-")
-        .tempdir_in("/tmp")?;
-    let host = FakeHost::build_with_nvml(dir.path(), Layout::Gke, 1, false)?;
-    let config = host.write_config()?;
-    let c = Containerd::start()?;
-    import_glibc(&c)?;
-    let mut lab = Lab {
-        c,
-        host,
-        config,
-        _dir: dir,
-    };
+    let mut lab = lab(1)?;
     let long = format!("io.kubernetes.cri.sandbox-name={}", "p".repeat(70_000));
     let evil = "io.kubernetes.cri.container-name=x\x1b[2J\x1b[Hhidden\r\u{202e}gnp.exe";
     let args = [

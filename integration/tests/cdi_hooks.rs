@@ -221,15 +221,6 @@ fn names<'a>(v: &'a serde_json::Value, list: &str, key: &str) -> Vec<&'a str> {
         .unwrap_or_default()
 }
 
-fn no_duplicates(what: &str, items: &[String]) -> Result<()> {
-    let mut sorted = items.to_vec();
-    sorted.sort();
-    let n = sorted.len();
-    sorted.dedup();
-    ensure!(sorted.len() == n, "duplicate {what}: {items:?}");
-    Ok(())
-}
-
 fn nvidia_specs_without_nvidias_hooks(version: Version) -> Result<()> {
     let mut l = lab(version)?;
     let pod_config = l.cri.pod_config("cdi-pod");
@@ -345,11 +336,11 @@ fn nvidia_specs_without_nvidias_hooks(version: Version) -> Result<()> {
     );
     let spec = l.cri.spec_of(&id)?;
     let own = |list: Vec<&str>| list.into_iter().map(str::to_string).collect::<Vec<_>>();
-    no_duplicates(
+    integration::no_duplicates(
         "device nodes",
         &own(names(&spec["linux"], "devices", "path")),
     )?;
-    no_duplicates(
+    integration::no_duplicates(
         "mount destinations",
         &own(names(&spec, "mounts", "destination")),
     )?;
@@ -360,14 +351,14 @@ fn nvidia_specs_without_nvidias_hooks(version: Version) -> Result<()> {
         .filter(|r| r["allow"] == true && r["major"] == 195)
         .map(|r| r.to_string())
         .collect();
-    no_duplicates("cgroup rules", &rules)?;
+    integration::no_duplicates("cgroup rules", &rules)?;
     let env: Vec<String> = spec["process"]["env"]
         .as_array()
         .context("env")?
         .iter()
         .filter_map(|e| e.as_str()?.split('=').next().map(str::to_string))
         .collect();
-    no_duplicates("env variables", &env)?;
+    integration::no_duplicates("env variables", &env)?;
     ids.push(id);
 
     // (e): `keep` leaves NVIDIA's hooks to runc; `refuse` names the hook and starts nothing.

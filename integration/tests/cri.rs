@@ -62,15 +62,6 @@ fn spec_mount_destinations(spec: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn no_duplicates(what: &str, items: &[String]) -> Result<()> {
-    let mut sorted = items.to_vec();
-    sorted.sort();
-    let before = sorted.len();
-    sorted.dedup();
-    ensure!(sorted.len() == before, "duplicate {what}: {items:?}");
-    Ok(())
-}
-
 const CHECK: &str =
     "ls /dev/ | grep -E '^nvidia[0-9]+$' | tr '\\n' ' '; echo; dlcheck libcuda.so.1";
 
@@ -143,8 +134,8 @@ fn pod_gets_gpus_by_every_device_plugin_route(version: Version) -> Result<()> {
             "{route}: the injected libcuda loads: {out}"
         );
         let spec = cri.spec_of(&id)?;
-        no_duplicates("device nodes", &spec_devices(&spec))?;
-        no_duplicates("mount destinations", &spec_mount_destinations(&spec))?;
+        integration::no_duplicates("device nodes", &spec_devices(&spec))?;
+        integration::no_duplicates("mount destinations", &spec_mount_destinations(&spec))?;
         ids.push(id);
     }
 
