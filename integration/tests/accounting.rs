@@ -77,10 +77,19 @@ fn container<'a>(top: &'a Value, id: &str) -> Option<&'a Value> {
 
 /// A private containerd and a fake host of `gpus` GPUs with a fake NVML.
 fn lab(gpus: usize) -> Result<Lab> {
+    lab_with(gpus, true)
+}
+
+/// [`lab`], with or without the fake NVML.
+fn lab_with(gpus: usize, nvml: bool) -> Result<Lab> {
     let dir = tempfile::Builder::new()
         .prefix("nvacct-")
         .tempdir_in("/tmp")?;
-    let host = FakeHost::build_with_nvml(dir.path(), Layout::Gke, gpus, false)?;
+    let host = if nvml {
+        FakeHost::build_with_nvml(dir.path(), Layout::Gke, gpus, false)?
+    } else {
+        FakeHost::build(dir.path(), Layout::Gke, gpus)?
+    };
     let config = host.write_config()?;
     let c = Containerd::start()?;
     import_glibc(&c)?;
@@ -306,5 +315,48 @@ fn hostile_pod_names_neither_hide_a_container_nor_reach_the_terminal() -> Result
     let top: Value = serde_json::from_str(&stdout(&out))?;
     ensure!(top["unreadable"][0]["id"] == "bogus", "json: {top}");
     lab.remove("acct-evil")?;
+    lab.c.assert_clean()
+}
+
+/// Without NVML (a driver whose libnvidia-ml cannot be loaded), `top` and `metrics` still list the
+/// GPU containers and the GPUs (from the records and the driver's procfs) and say why usage is
+/// missing, instead of failing.
+#[test]
+fn top_and_metrics_without_nvml_still_list_the_containers() -> Result<()> {
+    let mut lab = lab_with(2, false)?;
+    lab.start_detached("acct-nonvml", &["NVIDIA_VISIBLE_DEVICES=1"])?;
+    let out = lab.cli(&["top", "--json"])?;
+    ensure!(out.status.success(), "top: {out:?}");
+    let top: Value = serde_json::from_str(&stdout(&out))?;
+    let row = container(&top, "acct-nonvml").with_context(|| format!("missing: {top}"))?;
+    ensure!(
+        row["gpus"] == serde_json::json!([lab.host.uuids[1]]),
+        "GPUs from procfs: {row}"
+    );
+    ensure!(
+        top["usage_unavailable"]
+            .as_str()
+            .is_some_and(|w| !w.is_empty())
+            && top["gpus"].as_array().map(Vec::len) == Some(2),
+        "{top}"
+    );
+    let table = stdout(&lab.cli(&["top"])?);
+    ensure!(
+        table.contains("GPU usage unavailable") && table.contains("acct-nonvml"),
+        "{table}"
+    );
+    let out = lab.cli(&["metrics"])?;
+    ensure!(out.status.success(), "metrics: {out:?}");
+    let text = stdout(&out);
+    let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))?;
+    ensure!(
+        parsed
+            .samples
+            .iter()
+            .any(|s| s.metric == "nvidia_shim_gpu_usage_available"
+                && matches!(s.value, prometheus_parse::Value::Gauge(v) if v == 0.0)),
+        "{text}"
+    );
+    lab.remove("acct-nonvml")?;
     lab.c.assert_clean()
 }

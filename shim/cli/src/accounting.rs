@@ -92,6 +92,9 @@ pub struct Report {
     /// Containers whose assignment record could not be used, and why: their processes show
     /// as unattributed.
     pub unreadable: Vec<Unreadable>,
+    /// Why per-GPU usage is missing, when NVML could not be read (containers and GPUs are still
+    /// listed, from the records and the driver's procfs).
+    pub usage_unavailable: Option<String>,
 }
 
 /// A container whose assignment record could not be read.
@@ -171,6 +174,25 @@ fn running(state_dir: &Path) -> (Vec<(Assignment, Option<Suspension>)>, Vec<Unre
     out.sort_by(|(a, _), (b, _)| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));
     unreadable.sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));
     (out, unreadable)
+}
+
+/// The host's GPUs as discovery knows them without NVML (the driver's procfs), with no usage.
+fn gpus_without_usage(cfg: &ShimConfig) -> Vec<GpuUsage> {
+    let Ok(inv) = Host::new(cfg.driver.clone()).inventory() else {
+        return Vec::new();
+    };
+    inv.gpus
+        .iter()
+        .map(|g| GpuUsage {
+            index: g.index,
+            uuid: g.uuid.clone(),
+            name: g.model.clone(),
+            minor: Some(g.minor),
+            memory_total_bytes: None,
+            memory_used_bytes: None,
+            processes: Vec::new(),
+        })
+        .collect()
 }
 
 /// The NVML library the shim's discovery would use.
@@ -259,6 +281,7 @@ pub fn join(
         containers,
         unattributed,
         unreadable: Vec::new(),
+        usage_unavailable: None,
     }
 }
 
@@ -270,9 +293,14 @@ pub fn report(
     namespace: Option<&str>,
 ) -> Result<Report, CliError> {
     let (records, unreadable) = running(state_dir);
-    let gpus = usage::read(&nvml_library(cfg)?).map_err(CliError::failed)?;
+    let (gpus, unavailable) =
+        match nvml_library(cfg).and_then(|lib| usage::read(&lib).map_err(CliError::failed)) {
+            Ok(g) => (g, None),
+            Err(e) => (gpus_without_usage(cfg), Some(e.message)),
+        };
     let mut r = join(records, &gpus, process_cgroup);
     r.unreadable = unreadable;
+    r.usage_unavailable = unavailable;
     if let Some(ns) = namespace {
         r.containers.retain(|c| c.namespace == ns);
         r.unreadable.retain(|u| u.namespace == ns);

@@ -65,6 +65,7 @@ pub fn render(r: &Report) -> String {
         Family { name: "nvidia_shim_container_gpu_memory_utilization_percent", help: "Memory-controller utilization of the container's processes on the GPU, summed, latest sample.", samples: vec![] },
         Family { name: "nvidia_shim_unattributed_gpu_memory_used_bytes", help: "GPU memory held by a process outside any GPU container.", samples: vec![] },
         Family { name: "nvidia_shim_unreadable_assignment_records", help: "Containers whose assignment record could not be used (their processes count as unattributed).", samples: vec![] },
+        Family { name: "nvidia_shim_gpu_usage_available", help: "1 when NVML answered; 0 when per-GPU usage is missing (see nvidia-shim top).", samples: vec![] },
     ];
     for g in &r.gpus {
         let l = labels(&[
@@ -113,6 +114,14 @@ pub fn render(r: &Report) -> String {
     fams[8]
         .samples
         .push((String::new(), r.unreadable.len() as f64));
+    fams[9].samples.push((
+        String::new(),
+        if r.usage_unavailable.is_some() {
+            0.0
+        } else {
+            1.0
+        },
+    ));
     let mut s = String::new();
     for f in fams {
         let _ = writeln!(s, "# HELP {} {}", f.name, f.help);

@@ -46,6 +46,9 @@ fn row(s: &mut String, cols: [&str; 8]) {
 /// The report as a table for people.
 pub fn render(r: &Report) -> String {
     let mut s = String::new();
+    if let Some(why) = &r.usage_unavailable {
+        let _ = writeln!(s, "GPU usage unavailable: {}", escaped(why));
+    }
     let _ = writeln!(
         s,
         "{:<4} {:<42} {:<28} {:>22}",
