@@ -56,9 +56,9 @@ struct Edits {
     #[serde(default)]
     additional_gids: Vec<u32>,
     #[serde(default)]
-    intel_rdt: Option<serde_yaml::Value>,
+    intel_rdt: Option<serde_yaml_ng::Value>,
     #[serde(default)]
-    net_devices: Vec<serde_yaml::Value>,
+    net_devices: Vec<serde_yaml_ng::Value>,
 }
 
 impl Edits {
@@ -131,7 +131,7 @@ pub const SPEC_LIMIT: u64 = 8 << 20;
 
 fn load_file(path: &Path) -> Result<SpecFile, String> {
     let text = crate::hostfile::read_text(path, SPEC_LIMIT).map_err(|e| e.to_string())?;
-    let spec: SpecFile = serde_yaml::from_str(&text).map_err(|e| e.to_string())?;
+    let spec: SpecFile = serde_yaml_ng::from_str(&text).map_err(|e| e.to_string())?;
     let v = spec.cdi_version.trim_start_matches('v');
     if !VERSIONS.contains(&v) {
         return Err(format!("unsupported cdiVersion {:?}", spec.cdi_version));

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
 use integration::{bin_dir, installer, stderr, stdout};
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -31,7 +31,7 @@ fn validate(file: &Path) -> Result<std::process::Output> {
 }
 
 fn load(p: &Path) -> Result<Value> {
-    serde_yaml::from_str(&std::fs::read_to_string(p)?).with_context(|| p.display().to_string())
+    serde_yaml_ng::from_str(&std::fs::read_to_string(p)?).with_context(|| p.display().to_string())
 }
 
 #[test]

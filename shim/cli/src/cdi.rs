@@ -176,7 +176,7 @@ pub fn run(config: Option<&Path>, cmd: CdiCommand) -> CliResult {
             "json" => Ok(serde_json::to_string_pretty(spec)
                 .map_err(|e| CliError::failed(e.to_string()))?
                 + "\n"),
-            "yaml" => serde_yaml::to_string(spec).map_err(|e| CliError::failed(e.to_string())),
+            "yaml" => serde_yaml_ng::to_string(spec).map_err(|e| CliError::failed(e.to_string())),
             other => Err(CliError::usage(format!(
                 "--format {other:?}: expected yaml or json"
             ))),

@@ -169,7 +169,7 @@ pub(super) fn install_cdi(a: &InstallArgs, root: &HostRoot, rec: &mut Record) ->
     let mut spec = crate::cdi::generate(&inv);
     rebase(&mut spec, root);
     let text =
-        serde_yaml::to_string(&spec).map_err(|e| CliError::failed(format!("cdi spec: {e}")))?;
+        serde_yaml_ng::to_string(&spec).map_err(|e| CliError::failed(format!("cdi spec: {e}")))?;
     ensure_dir(root, parent(&a.cdi_spec), rec)?;
     let changed = replace(&root.local(&a.cdi_spec), text.as_bytes(), 0o644)?;
     rec.own(&a.cdi_spec);
