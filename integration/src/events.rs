@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+/// The namespace label whose updates tell that a subscription is live; its events are skipped.
+const PROBE: &str = "nvidia-shim-events-probe";
+
 /// A running `ctr events` stream.
 pub struct Events {
     pub(crate) child: Child,
@@ -21,6 +24,7 @@ impl Events {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
+                Ok(line) if line.contains(PROBE) => {}
                 Ok(line) => {
                     self.seen.borrow_mut().push(line.clone());
                     if needles.iter().all(|n| line.contains(n)) {
@@ -35,7 +39,7 @@ impl Events {
     /// Every line received so far, without waiting for more.
     pub fn history(&self) -> Vec<String> {
         let mut seen = self.seen.borrow_mut();
-        seen.extend(self.rx.try_iter());
+        seen.extend(self.rx.try_iter().filter(|l| !l.contains(PROBE)));
         seen.clone()
     }
 }
@@ -65,6 +69,23 @@ impl crate::Containerd {
                 }
             }
         });
+        // `ctr events` subscribes some time after it starts: until an event of our own comes
+        // through, one published now could be missed. Relabelling the namespace publishes one.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in 0.. {
+            self.ctr_ok(&[
+                "namespaces",
+                "label",
+                &self.namespace,
+                &format!("{PROBE}={n}"),
+            ])?;
+            match rx.recv_timeout(Duration::from_millis(250)) {
+                Ok(line) if line.contains("/namespaces/update") => break,
+                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                _ => bail!("`ctr events` delivered nothing within 20 s"),
+            }
+        }
+        // Later probes' events may still arrive; they name no container and match no needle.
         Ok(Events {
             child,
             rx,
